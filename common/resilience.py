@@ -13,7 +13,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IReactorTime
 
 from common.errors import MessengerError, Unavailable
 from common.metrics import DEPENDENCY_ERRORS, DEPENDENCY_STATE
@@ -27,7 +26,7 @@ class CircuitBreaker:
     def __init__(
         self,
         name: str,
-        reactor: IReactorTime,
+        reactor: Any,
         *,
         failure_threshold: int = 3,
         reset_timeout_s: float = 2.0,
@@ -83,7 +82,8 @@ class CircuitBreaker:
     async def _once(self, fn: Callable[[], Awaitable[T]]) -> T:
         d: defer.Deferred[Any] = defer.ensureDeferred(_as_coroutine(fn))
         d.addTimeout(self.call_timeout_s, self._reactor)
-        return await d  # type: ignore[no-any-return]
+        result: T = await d
+        return result
 
     async def call(self, fn: Callable[[], Awaitable[T]], *, idempotent: bool = False) -> T:
         """Run ``fn`` under the breaker.

@@ -22,6 +22,7 @@ USER_GET = "messenger.user.get"
 USER_SEARCH = "messenger.user.search"
 USER_BLOCK = "messenger.user.block"
 USER_UNBLOCK = "messenger.user.unblock"
+USER_LIST_BLOCKED = "messenger.user.list_blocked"
 CONTACTS_ADD = "messenger.contacts.add"
 CONTACTS_REMOVE = "messenger.contacts.remove"
 CONTACTS_LIST = "messenger.contacts.list"
@@ -53,6 +54,7 @@ USER_PROCEDURES: frozenset[str] = GUEST_PROCEDURES | frozenset(
         USER_SEARCH,
         USER_BLOCK,
         USER_UNBLOCK,
+        USER_LIST_BLOCKED,
         CONTACTS_ADD,
         CONTACTS_REMOVE,
         CONTACTS_LIST,

@@ -51,8 +51,9 @@ class AccountStore(Protocol):
 
         - unknown hash, expired token or revoked device: ``INVALID``, nothing written;
         - a token already spent: revoke its device (``revoked_at_ms = now_ms``) and all of the
-          device's tokens, ``REUSED``; ``new`` is not stored;
-        - otherwise mark it used at ``now_ms``, store ``new``, set the device's
+          device's tokens, ``REUSED`` with the (now revoked) device; ``new`` is not stored;
+        - otherwise mark it used at ``now_ms``, store ``new`` (its ``device_id`` and ``user_id``
+          are ignored: the stored token takes them from the spent one), set the device's
           ``last_used_at_ms``, and answer ``OK`` with the device.
         Concurrent calls with the same hash: exactly one gets ``OK``.
         """
@@ -124,4 +125,22 @@ class Lock(Protocol):
 
     async def release(self, name: str, token: str) -> None:
         """Release only if still held with ``token``."""
+        ...
+
+
+class PasswordHasher(Protocol):
+    async def hash(self, password: str) -> str: ...
+
+    async def verify(self, encoded: str | None, password: str) -> bool:
+        """``encoded=None`` (unknown user) costs the same as a real check and answers False."""
+        ...
+
+    def needs_rehash(self, encoded: str) -> bool: ...
+
+
+class AuthEvents(Protocol):
+    """What the auth service tells the rest of the system (the WAMP layer publishes it)."""
+
+    def device_revoked(self, user_id: str, device_id: str) -> None:
+        """A device's tokens were revoked: its open sessions must be closed."""
         ...

@@ -1,0 +1,92 @@
+"""Shared fixtures: real servers (from ``scripts/services.sh``) and real Crossbar nodes."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from tests.support.node import Node
+
+SERVICES_HINT = "start the test servers with `scripts/services.sh up` (the README's test command does it)"
+
+
+def require_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(f"{name} is not set: {SERVICES_HINT}")
+    return value
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    return require_env("MESSENGER_TEST_PG_DSN")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return require_env("MESSENGER_TEST_REDIS_URL")
+
+
+def _admin_connect(dsn: str, dbname: str = "postgres"):  # type: ignore[no-untyped-def]
+    import psycopg2
+
+    parts = urlsplit(dsn)
+    conn = psycopg2.connect(host=parts.hostname, port=parts.port or 5432, user="postgres", dbname=dbname)
+    conn.autocommit = True
+    return conn
+
+
+@pytest.fixture(scope="session")
+def fresh_pg_database(pg_dsn: str) -> Iterator[str]:
+    """A new empty database for this test session; dropped afterwards. Answers its DSN."""
+    name = f"messenger_it_{secrets.token_hex(4)}"
+    conn = _admin_connect(pg_dsn)
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}" OWNER messenger')
+    parts = urlsplit(pg_dsn)
+    yield urlunsplit(parts._replace(path=f"/{name}"))
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def embedded_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    node = Node(tmp_path_factory.mktemp("embedded"), profile="embedded").start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="session")
+def distributed_node(tmp_path_factory: pytest.TempPathFactory, fresh_pg_database: str, redis_url: str) -> Iterator[Node]:
+    env = {
+        "MESSENGER_PG_DSN": fresh_pg_database,
+        "MESSENGER_REDIS_URL": redis_url,
+        "MESSENGER_KEY_SECRET": secrets.token_hex(32),
+    }
+    node = Node(tmp_path_factory.mktemp("distributed"), profile="distributed", env=env).start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture(params=["embedded", "distributed"])
+def node(request: pytest.FixtureRequest) -> Node:
+    """The same test against a node of each profile."""
+    fixture: Node = request.getfixturevalue(f"{request.param}_node")
+    return fixture
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    path = Path(__file__).resolve().parents[1] / "test-artifacts"
+    path.mkdir(exist_ok=True)
+    return path

@@ -1,0 +1,140 @@
+"""Start a real Crossbar node for tests, from the shipped node config with test ports and paths."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+CROSSBAR = Path(sys.executable).with_name("crossbar")
+SHIPPED_CONFIG = ROOT / ".crossbar" / "config.json"
+
+# rate limits relaxed so that the suite's many logins from 127.0.0.1 pass; tests of the
+# limits start their own node with tight ones
+RELAXED_LIMITS = {
+    "login_per_ip": [100000, 60000],
+    "login_per_username": [1000, 60000],
+    "register_per_ip": [100000, 60000],
+    "refresh_per_ip": [100000, 60000],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+class Node:
+    """A Crossbar node in ``workdir``. ``extra`` is merged into the auth component's extra."""
+
+    def __init__(self, workdir: Path, *, profile: str = "embedded", extra: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.cbdir = workdir / "node"
+        self.data_dir = workdir / "var"
+        self.profile = profile
+        self.ws_port = free_port()
+        self.metrics_port = free_port()
+        self.auth_http_port = free_port()
+        self.extra = extra or {}
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / "node.log"
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/ws"
+
+    def config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = json.loads(SHIPPED_CONFIG.read_text())
+        sock = str(self.data_dir / "router.sock")
+        for worker in cfg["workers"]:
+            worker.setdefault("options", {})["pythonpath"] = [str(ROOT)]
+            if worker["type"] == "router":
+                for t in worker["transports"]:
+                    if t["id"] == "clients":
+                        t["endpoint"]["port"] = self.ws_port
+                        t["paths"]["/"]["extra"]["auth_http"]["port"] = self.auth_http_port
+                    elif t["id"] == "backends":
+                        t["endpoint"]["path"] = sock
+                    elif t["id"] == "router_metrics":
+                        t["endpoint"]["port"] = self.metrics_port
+            if worker["type"] == "container":
+                for c in worker["components"]:
+                    c["transport"]["endpoint"]["path"] = sock
+                    extra = c["extra"]
+                    extra["profile"] = self.profile
+                    extra["data_dir"] = str(self.data_dir)
+                    extra["http"] = {"port": self.auth_http_port, "interface": "127.0.0.1"}
+                    extra["limits"] = copy.deepcopy(RELAXED_LIMITS)
+                    extra.update(copy.deepcopy(self.extra))
+        return cfg
+
+    def start(self, timeout: float = 60.0) -> Node:
+        self.cbdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.cbdir / "config.json").write_text(json.dumps(self.config(), indent=2))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESSENGER_")}
+        env.update(self.env)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed by the child's exit
+        self.proc = subprocess.Popen(
+            [str(CROSSBAR), "start", "--cbdir", str(self.cbdir), "--loglevel", "info"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.workdir), start_new_session=True,
+        )
+        try:
+            self.wait_ready(timeout)
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"crossbar exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            if "auth component ready" in self.log_text():
+                wait_port(self.ws_port, max(1.0, deadline - time.monotonic()))
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"node not ready after {timeout} s; log:\n{self.log_tail()}")
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
