@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autobahn.twisted.wamp import ApplicationSession
+from autobahn.wamp import message
 from autobahn.wamp.exception import ApplicationError
 from autobahn.wamp.types import CallDetails, RegisterOptions
 from twisted.internet import defer
@@ -29,6 +30,10 @@ from realms.uris import ERROR_PREFIX, ROLE_BACKEND, ROLE_USER
 log = Logger(namespace="messenger.wamp")
 
 INTERNAL_ERROR = ERROR_PREFIX + "internal"
+# Autobahn invokes endpoints as txaio.as_future(fn, *args, **kwargs) -> maybeDeferred(f, ...): a
+# client keyword argument named like one of those parameters raises TypeError inside autobahn's
+# message loop, which drops the component's whole connection. Such calls are answered here.
+RESERVED_KWARGS = frozenset({"self", "fun", "f"})
 DETAILS_ARG = "_wamp_details"
 
 
@@ -133,6 +138,20 @@ class BackendSession(ApplicationSession):
             self.join(self.config.realm, authmethods=["ticket"], authid=auth.get("authid", "backend"))
         else:
             self.join(self.config.realm, authmethods=["anonymous"])
+
+    def onMessage(self, msg: Any) -> None:
+        if isinstance(msg, message.Invocation) and msg.kwargs and not RESERVED_KWARGS.isdisjoint(msg.kwargs):
+            bad = ", ".join(sorted(RESERVED_KWARGS & set(msg.kwargs)))
+            reply = message.Error(
+                message.Invocation.MESSAGE_TYPE,
+                msg.request,
+                ERROR_PREFIX + "invalid_argument",
+                args=[f"unexpected argument(s): {bad}"],
+            )
+            if self._transport is not None:
+                self._transport.send(reply)
+            return
+        super().onMessage(msg)
 
     def onChallenge(self, challenge: Any) -> str:
         auth = (self.config.extra or {}).get("backend_auth") or {}

@@ -1,0 +1,1 @@
+"""Adapters shared by several components: rate limits and locks in memory or on Redis."""
