@@ -32,7 +32,7 @@ def redis_url() -> str:
     return require_env("MESSENGER_TEST_REDIS_URL")
 
 
-def _admin_connect(dsn: str, dbname: str = "postgres"):  # type: ignore[no-untyped-def]
+def _admin_connect(dsn: str, dbname: str = "postgres"):
     import psycopg2
 
     parts = urlsplit(dsn)
@@ -67,7 +67,9 @@ def embedded_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
 
 @pytest.fixture(scope="session")
-def distributed_node(tmp_path_factory: pytest.TempPathFactory, fresh_pg_database: str, redis_url: str) -> Iterator[Node]:
+def distributed_node(
+    tmp_path_factory: pytest.TempPathFactory, fresh_pg_database: str, redis_url: str
+) -> Iterator[Node]:
     env = {
         "MESSENGER_PG_DSN": fresh_pg_database,
         "MESSENGER_REDIS_URL": redis_url,

@@ -14,8 +14,14 @@ from tests.support.client import call_error, connect
 pytestmark = pytest.mark.node
 
 NOT_AUTHORIZED = "wamp.error.not_authorized"
-INTERNAL = [uris.INTERNAL_AUTHENTICATE, uris.INTERNAL_AUTHORIZE, uris.INTERNAL_USER_BLOCKED, "wamp.session.list",
-            "wamp.session.kill_by_authid", "wamp.registration.list"]
+INTERNAL = [
+    uris.INTERNAL_AUTHENTICATE,
+    uris.INTERNAL_AUTHORIZE,
+    uris.INTERNAL_USER_BLOCKED,
+    "wamp.session.list",
+    "wamp.session.kill_by_authid",
+    "wamp.registration.list",
+]
 
 
 async def call_outcome(session, uri: str) -> str:
@@ -50,7 +56,7 @@ async def test_user_may_call_every_client_procedure_but_no_internal_one(embedded
     user, _ = await user_session(embedded_node)
     for uri in sorted(uris.USER_PROCEDURES - {uris.AUTH_LOGOUT}):
         assert await call_outcome(user, uri) != NOT_AUTHORIZED, uri
-    for uri in INTERNAL + ["messenger.no.such.thing"]:
+    for uri in [*INTERNAL, "messenger.no.such.thing"]:
         assert await call_outcome(user, uri) == NOT_AUTHORIZED, uri
     with pytest.raises(ApplicationError) as info:
         await user.register(lambda: None, "messenger.user.fake_me")
@@ -90,7 +96,7 @@ async def test_user_may_subscribe_only_to_its_own_topic(embedded_node):
 
 @pytest_twisted.ensureDeferred
 async def test_user_sees_other_users_only_through_the_profile_procedures(embedded_node):
-    alice, a = await user_session(embedded_node)
+    alice, _a = await user_session(embedded_node)
     bob, b = await user_session(embedded_node)
     # bob's profile changes are bob's own; alice cannot change them
     await bob.call(uris.USER_UPDATE_PROFILE, display_name="Bob B")

@@ -13,7 +13,6 @@ import pytest_twisted
 from autobahn.wamp.exception import ApplicationError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from twisted.internet import reactor
 
 from realms import uris
@@ -32,18 +31,48 @@ CLIENT_ERRORS = {
     "messenger.error.payload_too_large",
 }
 
-ARG_NAMES = ["username", "password", "display_name", "device_name", "refresh_token", "user_id", "user_ids",
-             "query", "limit", "bio", "avatar_media_id", "cursor", "details", "_wamp_details", "x", "f", "fun"]
+ARG_NAMES = [
+    "username",
+    "password",
+    "display_name",
+    "device_name",
+    "refresh_token",
+    "user_id",
+    "user_ids",
+    "query",
+    "limit",
+    "bio",
+    "avatar_media_id",
+    "cursor",
+    "details",
+    "_wamp_details",
+    "x",
+    "f",
+    "fun",
+]
+
+
+# Autobahn's JSON serializer sends bytes as "\x00" + base64: a text starting with NUL is a
+# protocol error that (rightly) closes the sender's connection, so generated texts avoid it.
+def _text(**kw: Any) -> st.SearchStrategy[str]:
+    return st.text(**kw).filter(lambda s: not s.startswith("\x00"))
+
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=300),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    _text(max_size=300),
     st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_", min_size=0, max_size=40),
-    st.sampled_from(["0" * 32, "f" * 32, "a" * 31, "" , "admin", "%", "_", "\x00", "é" * 10]),
+    st.sampled_from(["0" * 32, "f" * 32, "a" * 31, "", "admin", "%", "_", "a\x00", "é" * 10]),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                            max_size=4), max_leaves=12)
-kwargs_strategy = st.dictionaries(st.sampled_from(ARG_NAMES) | st.text(min_size=1, max_size=10), values, max_size=5)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(_text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+kwargs_strategy = st.dictionaries(st.sampled_from(ARG_NAMES) | _text(min_size=1, max_size=10), values, max_size=5)
 
 PROCEDURES = sorted(uris.USER_PROCEDURES)
 
@@ -95,7 +124,7 @@ async def test_any_arguments_get_a_result_or_a_clear_error(sessions, uri):
         if uri in uris.GUEST_PROCEDURES:
             await outcome(guest, uri, kwargs, positional)
     # still serving
-    assert (await user.call(uris.USER_ME))["user_id"]
+    assert (await user.call(uris.USER_ME).addTimeout(10, reactor))["user_id"]
 
 
 @pytest.mark.parametrize("name", ["self", "f", "fun", "procedure", "options"])

@@ -75,7 +75,7 @@ async def test_a_valid_token_joins_as_its_user_whatever_authid_the_client_claims
 @pytest_twisted.ensureDeferred
 async def test_tampered_payload_is_rejected(embedded_node):
     tokens = await valid_tokens(embedded_node)
-    header, payload, sig = tokens["access_token"].split(".")
+    header, _payload, sig = tokens["access_token"].split(".")
     claims = claims_of(tokens["access_token"])
     other = await register(embedded_node)
     claims["sub"] = other["user_id"]
@@ -108,8 +108,9 @@ async def test_hs256_signed_with_the_public_key_is_rejected(embedded_node):
 async def test_token_signed_by_a_foreign_key_with_a_known_kid_is_rejected(embedded_node):
     tokens = await valid_tokens(embedded_node)
     kid = jwt.get_unverified_header(tokens["access_token"])["kid"]
-    forged = jwt.encode(claims_of(tokens["access_token"]), Ed25519PrivateKey.generate(), algorithm="EdDSA",
-                        headers={"kid": kid})
+    forged = jwt.encode(
+        claims_of(tokens["access_token"]), Ed25519PrivateKey.generate(), algorithm="EdDSA", headers={"kid": kid}
+    )
     await assert_rejected(embedded_node, forged)
 
 

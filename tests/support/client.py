@@ -118,7 +118,7 @@ async def connect(
     host_port = url.split("//", 1)[1].split("/", 1)[0]
     host, port = host_port.rsplit(":", 1)
     endpoint = TCP4ClientEndpoint(reactor, host, int(port), timeout=5)
-    await endpoint.connect(factory)
+    await endpoint.connect(factory)  # type: ignore[arg-type]
     return await client.joined.addTimeout(10, reactor)
 
 

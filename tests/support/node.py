@@ -48,8 +48,14 @@ def wait_port(port: int, timeout: float) -> None:
 class Node:
     """A Crossbar node in ``workdir``. ``extra`` is merged into the auth component's extra."""
 
-    def __init__(self, workdir: Path, *, profile: str = "embedded", extra: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        profile: str = "embedded",
+        extra: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         self.cbdir = workdir / "node"
         self.data_dir = workdir / "var"
@@ -97,10 +103,14 @@ class Node:
         (self.cbdir / "config.json").write_text(json.dumps(self.config(), indent=2))
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESSENGER_")}
         env.update(self.env)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed by the child's exit
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [str(CROSSBAR), "start", "--cbdir", str(self.cbdir), "--loglevel", "info"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.workdir), start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(self.workdir),
+            start_new_session=True,
         )
         try:
             self.wait_ready(timeout)

@@ -1,0 +1,387 @@
+"""The Postgres adapter when the server misbehaves: killed backends, nothing listening, a silent
+or vanished server, more callers than connections, instances migrating at once.
+
+The server itself is never stopped (others share it): a dead server is simulated with a TCP
+relay in front of it that can refuse, drop or freeze connections, and killed connections with
+``pg_terminate_backend`` limited to this test's ``application_name``.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import pytest
+import pytest_twisted
+from psycopg2.extensions import make_dsn, parse_dsn
+from twisted.internet import defer, protocol, task
+from twisted.internet import reactor as _reactor
+from twisted.protocols import portforward
+
+from common.errors import Unavailable
+from common.resilience import CircuitBreaker
+from components.auth.adapters.postgres import MIGRATIONS, PostgresAccountStore
+from components.auth.domain import Account, Device, RefreshToken, RotateOutcome, new_id
+from tests.contract.conftest import drop_schema
+
+pytestmark = pytest.mark.postgres
+
+reactor: Any = _reactor  # zope interfaces confuse mypy without its plugin
+
+NOW = 1_700_000_000_000
+
+
+async def sleep(seconds: float) -> None:
+    await task.deferLater(reactor, seconds, lambda: None)
+
+
+def account(username: str | None = None) -> Account:
+    username = username or f"u{uuid.uuid4().hex[:12]}"
+    return Account(new_id(), username, username.capitalize(), "hash", NOW)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def with_params(dsn: str, **params: Any) -> str:
+    return make_dsn(**{**parse_dsn(dsn), **{k: str(v) for k, v in params.items()}})
+
+
+@pytest.fixture
+def schema(pg_admin: psycopg2.extensions.connection) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex}"
+    yield name
+    drop_schema(pg_admin, name)
+
+
+@pytest.fixture
+def app_name() -> str:
+    """This test's connections' ``application_name``, so only they get killed."""
+    return f"auth-test-{uuid.uuid4().hex[:10]}"
+
+
+def terminate(admin: psycopg2.extensions.connection, app_name: str) -> int:
+    with admin.cursor() as cur:
+        cur.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name = %s",
+            (app_name,),
+        )
+        row = cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def backend_pids(admin: psycopg2.extensions.connection, app_name: str) -> set[int]:
+    with admin.cursor() as cur:
+        cur.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app_name,))
+        return {r[0] for r in cur.fetchall()}
+
+
+def fast_breaker(call_timeout_s: float = 1.0) -> CircuitBreaker:
+    return CircuitBreaker("postgres-test", reactor, reset_timeout_s=0.3, call_timeout_s=call_timeout_s)
+
+
+class _Client(portforward.ProxyClient):
+    def dataReceived(self, data: bytes) -> None:
+        assert self.peer is not None
+        relay: Relay = self.peer.factory  # type: ignore[assignment]
+        relay.forward(self, data)
+
+
+class _ClientFactory(portforward.ProxyClientFactory):
+    protocol = _Client
+    noisy = False
+
+
+class _Server(portforward.ProxyServer):
+    clientProtocolFactory = _ClientFactory
+    factory: Relay
+
+    def connectionMade(self) -> None:
+        self.factory.servers.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.factory.servers.discard(self)
+        super().connectionLost(reason)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.factory.forward(self, data)
+
+
+class Relay(portforward.ProxyFactory):
+    """A TCP relay to Postgres that a test can take down, bring back, or freeze (bytes are held)."""
+
+    protocol = _Server
+    noisy = False
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.servers: set[_Server] = set()
+        self.listen_port = 0
+        self._listening: Any = None
+        self._held: list[tuple[portforward.Proxy, bytes]] | None = None
+
+    def forward(self, source: portforward.Proxy, data: bytes) -> None:
+        if self._held is not None:
+            self._held.append((source, data))
+        elif source.peer is not None:
+            peer: Any = source.peer.transport
+            peer.write(data)
+
+    def up(self) -> None:
+        self._listening = reactor.listenTCP(self.listen_port, self, interface="127.0.0.1")
+        self.listen_port = self._listening.getHost().port
+
+    async def down(self) -> None:
+        """Nothing listens any more, and every relayed connection is cut."""
+        if self._listening is not None:
+            await self._listening.stopListening()
+            self._listening = None
+        for s in list(self.servers):
+            for t in (s.transport, s.peer.transport if s.peer else None):
+                if t is not None:
+                    t.abortConnection()
+
+    def freeze(self) -> None:
+        self._held = []
+
+    def thaw(self) -> None:
+        held, self._held = self._held or [], None
+        for source, data in held:
+            self.forward(source, data)
+
+
+@pytest_twisted.async_yield_fixture
+async def relay(pg_dsn: str) -> AsyncIterator[Relay]:
+    params = parse_dsn(pg_dsn)
+    r = Relay(params.get("host", "127.0.0.1"), int(params.get("port", 5432)))
+    r.up()
+    yield r
+    r.thaw()
+    await r.down()
+
+
+# -- killed backends ----------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_recovers_after_its_backends_are_terminated(
+    pg_dsn: str, pg_admin: psycopg2.extensions.connection, schema: str, app_name: str
+) -> None:
+    store = PostgresAccountStore(with_params(pg_dsn, application_name=app_name), reactor, schema=schema)
+    await store.start()
+    try:
+        alice = account()
+        await store.create_account(alice)
+        # open all four connections
+        await defer.gatherResults([defer.ensureDeferred(store.get_account(alice.user_id)) for _ in range(8)])
+        before = backend_pids(pg_admin, app_name)
+        assert len(before) == store.pool_size == 4
+
+        for round_ in range(2):
+            assert terminate(pg_admin, app_name) >= 1
+            unavailable = 0
+            for _ in range(6):  # reads: at most one Unavailable, then they work again
+                try:
+                    assert await store.get_account(alice.user_id) == alice
+                except Unavailable:
+                    unavailable += 1
+            assert unavailable <= 1, round_
+            bob = account()
+            try:  # a write right after another kill: at most one Unavailable too
+                terminate(pg_admin, app_name)
+                await store.create_account(bob)
+            except Unavailable:
+                await store.create_account(bob)
+            assert await store.get_account(bob.user_id) == bob
+            assert store.pool_size <= 4
+
+        after = backend_pids(pg_admin, app_name)
+        assert after and not (after & before)  # fresh connections replaced the killed ones
+    finally:
+        await store.stop()
+    for _ in range(100):  # stop() closed them all; the backends exit soon after
+        if not backend_pids(pg_admin, app_name):
+            break
+        await sleep(0.02)
+    assert backend_pids(pg_admin, app_name) == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_whose_backend_is_killed_fails_cleanly_and_rolls_back(
+    pg_dsn: str, pg_admin: psycopg2.extensions.connection, schema: str, app_name: str
+) -> None:
+    """A rotation stuck on a lock when its backend dies: Unavailable, nothing written, retry works."""
+    store = PostgresAccountStore(with_params(pg_dsn, application_name=app_name), reactor, schema=schema)
+    await store.start()
+    blocker = psycopg2.connect(with_params(pg_dsn, options=f"-c search_path={schema}"))
+    try:
+        user = account()
+        await store.create_account(user)
+        device = Device(new_id(), user.user_id, "phone", NOW)
+        token = RefreshToken("h0", device.device_id, user.user_id, NOW, NOW + 60_000)
+        await store.create_device(device, token)
+        new = RefreshToken("h1", device.device_id, user.user_id, NOW + 1, NOW + 60_000)
+
+        with blocker.cursor() as cur:  # hold the device's row lock in an open transaction
+            cur.execute("SELECT 1 FROM devices WHERE device_id = %s FOR UPDATE", (device.device_id,))
+        pending = defer.ensureDeferred(store.rotate_refresh_token("h0", new, NOW + 1))
+        for _ in range(100):
+            await sleep(0.01)
+            with pg_admin.cursor() as cur:
+                cur.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'",
+                    (app_name,),
+                )
+                row = cur.fetchone()
+            if row and row[0]:
+                break
+        else:
+            pytest.fail("the rotation never waited for the lock")
+        terminate(pg_admin, app_name)
+        with pytest.raises(Unavailable):
+            await pending
+        blocker.rollback()
+
+        result = await store.rotate_refresh_token("h0", new, NOW + 2)  # the killed attempt left no trace
+        assert result.outcome is RotateOutcome.OK
+    finally:
+        blocker.close()
+        await store.stop()
+
+
+# -- nothing there, or nothing answering ---------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_start_with_nothing_listening_is_unavailable_fast(pg_dsn: str) -> None:
+    store = PostgresAccountStore(with_params(pg_dsn, port=free_port()), reactor)
+    started = time.monotonic()
+    with pytest.raises(Unavailable):
+        await store.start()
+    assert time.monotonic() - started < 3.0
+    with pytest.raises(Unavailable):  # not started: calls fail the same way, at once
+        await store.get_account(new_id())
+    await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_server_that_never_answers_is_unavailable_within_the_timeout(pg_dsn: str) -> None:
+    silent: Any = reactor.listenTCP(0, protocol.Factory.forProtocol(protocol.Protocol), interface="127.0.0.1")
+    try:
+        store = PostgresAccountStore(
+            with_params(pg_dsn, port=silent.getHost().port), reactor, connect_timeout_s=1.0, breaker=fast_breaker()
+        )
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await store.start()
+        assert time.monotonic() - started < 2.5
+        assert store.pool_size == 0
+    finally:
+        await silent.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_recovers_by_itself_after_the_server_was_gone(
+    pg_dsn: str, schema: str, app_name: str, relay: Relay
+) -> None:
+    """The relay goes away (like a restarting server): calls fail fast, the breaker opens, and when
+    the server is back the store works again without anybody restarting it."""
+    dsn = with_params(pg_dsn, host="127.0.0.1", port=relay.listen_port, application_name=app_name)
+    store = PostgresAccountStore(dsn, reactor, schema=schema, breaker=fast_breaker())
+    try:
+        await store.start()
+        alice = account()
+        await store.create_account(alice)
+
+        await relay.down()
+        started = time.monotonic()
+        for _ in range(5):
+            with pytest.raises(Unavailable):
+                await store.get_account(alice.user_id)
+        with pytest.raises(Unavailable):
+            await store.create_account(account())
+        assert time.monotonic() - started < 3.0
+        assert store.breaker.state == "open"
+
+        relay.up()
+        await sleep(0.35)  # the breaker's reset timeout
+        assert await store.get_account(alice.user_id) == alice
+        bob = account()
+        await store.create_account(bob)
+        assert [a.user_id for a in await store.get_accounts([bob.user_id, alice.user_id])] == [
+            bob.user_id,
+            alice.user_id,
+        ]
+        assert store.breaker.state == "closed"
+    finally:
+        await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_frozen_connection_times_out_and_is_replaced(
+    pg_dsn: str, schema: str, app_name: str, relay: Relay
+) -> None:
+    """Bytes stop flowing (a cut network, a hung server): each call ends by its timeout, the stuck
+    connections are closed, and fresh ones work once the path is clear."""
+    dsn = with_params(pg_dsn, host="127.0.0.1", port=relay.listen_port, application_name=app_name)
+    breaker = CircuitBreaker("postgres-test", reactor, reset_timeout_s=0.3, call_timeout_s=0.4, retries=1)
+    store = PostgresAccountStore(dsn, reactor, schema=schema, connect_timeout_s=0.4, breaker=breaker)
+    try:
+        await store.start()
+        alice = account()
+        await store.create_account(alice)
+
+        relay.freeze()
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            await store.get_account(alice.user_id)
+        with pytest.raises(Unavailable):
+            await store.create_account(account())
+        assert time.monotonic() - started < 2.5
+        assert store.pool_size <= 1
+
+        relay.thaw()
+        await sleep(0.35)
+        assert await store.get_account(alice.user_id) == alice
+    finally:
+        await store.stop()
+
+
+# -- the pool and the migrations ----------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_more_callers_than_connections_all_get_served(pg_dsn: str, schema: str) -> None:
+    store = PostgresAccountStore(pg_dsn, reactor, schema=schema, max_connections=3)
+    await store.start()
+    try:
+        assert store.pool_size == 1
+        people = [account() for _ in range(10)]
+        await defer.gatherResults([defer.ensureDeferred(store.create_account(p)) for p in people])
+        got = await defer.gatherResults([defer.ensureDeferred(store.get_account(p.user_id)) for p in people * 3])
+        assert got == people * 3
+        assert store.pool_size == 3
+    finally:
+        await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_instances_starting_together_migrate_once(
+    pg_dsn: str, pg_admin: psycopg2.extensions.connection, schema: str
+) -> None:
+    stores = [PostgresAccountStore(pg_dsn, reactor, schema=schema) for _ in range(4)]
+    try:
+        await defer.gatherResults([defer.ensureDeferred(s.start()) for s in stores])
+        with pg_admin.cursor() as cur:
+            cur.execute(f'SELECT version FROM "{schema}".schema_version ORDER BY version')
+            assert [r[0] for r in cur.fetchall()] == list(range(1, len(MIGRATIONS) + 1))
+        alice = account()
+        await stores[0].create_account(alice)
+        assert await stores[3].get_account(alice.user_id) == alice
+    finally:
+        for s in stores:
+            await s.stop()
