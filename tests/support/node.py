@@ -148,3 +148,100 @@ class Node:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=5)
+
+
+class SplitNodes:
+    """The shipped distributed configs: a router node (``config/distributed/router``) and a
+    components node (``config/distributed/components``) joined over the ticket-authenticated
+    TCP backend transport, as two separate Crossbar processes."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.env = env
+        self.ws_port, self.backend_port = free_port(), free_port()
+        self.metrics_port, self.auth_http_port = free_port(), free_port()
+        self.router = _Proc(workdir / "router", "router.log")
+        self.components = _Proc(workdir / "components", "components.log")
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/ws"
+
+    def _configs(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        router: dict[str, Any] = json.loads((ROOT / "config/distributed/router/config.json").read_text())
+        comps: dict[str, Any] = json.loads((ROOT / "config/distributed/components/config.json").read_text())
+        for worker in router["workers"]:
+            worker["options"]["pythonpath"] = [str(ROOT)]
+            for t in worker["transports"]:
+                if t["id"] == "clients":
+                    t["endpoint"].update(port=self.ws_port, interface="127.0.0.1")
+                    t["paths"]["/"]["extra"]["auth_http"]["port"] = self.auth_http_port
+                elif t["id"] == "backends":
+                    t["endpoint"]["port"] = self.backend_port
+                elif t["id"] == "router_metrics":
+                    t["endpoint"]["port"] = self.metrics_port
+        for worker in comps["workers"]:
+            worker["options"]["pythonpath"] = [str(ROOT)]
+            for c in worker["components"]:
+                c["transport"]["endpoint"]["port"] = self.backend_port
+                c["extra"]["http"]["port"] = self.auth_http_port
+                c["extra"]["limits"] = copy.deepcopy(RELAXED_LIMITS)
+        return router, comps
+
+    def start(self, timeout: float = 60.0) -> SplitNodes:
+        router, comps = self._configs()
+        self.router.start(router, self.env)
+        wait_port(self.ws_port, timeout)
+        self.components.start(comps, self.env)
+        deadline = time.monotonic() + timeout
+        while "auth component ready" not in self.components.log_text():
+            if time.monotonic() > deadline or self.components.exited():
+                self.stop()
+                raise RuntimeError(f"components not ready; log:\n{self.components.log_text()[-4000:]}")
+            time.sleep(0.1)
+        return self
+
+    def stop(self) -> None:
+        self.components.stop()
+        self.router.stop()
+
+
+class _Proc:
+    def __init__(self, cbdir: Path, log_name: str) -> None:
+        self.cbdir = cbdir
+        self.log_path = cbdir.parent / log_name
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, config: dict[str, Any], extra_env: dict[str, str]) -> None:
+        self.cbdir.mkdir(parents=True, exist_ok=True)
+        (self.cbdir / "config.json").write_text(json.dumps(config, indent=2))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MESSENGER_")}
+        env.update(extra_env)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(CROSSBAR), "start", "--cbdir", str(self.cbdir), "--loglevel", "info"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=str(self.cbdir.parent),
+            start_new_session=True,
+        )
+
+    def exited(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
