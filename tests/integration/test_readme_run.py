@@ -11,6 +11,7 @@ import time
 
 import pytest
 import pytest_twisted
+from twisted.internet import reactor, task
 
 from realms import uris
 from tests.integration.helpers import PASSWORD, new_username
@@ -58,7 +59,7 @@ async def test_scripts_run_serves_a_messenger_a_client_can_register_and_log_into
             break
         except Exception:
             assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()[-3000:]
-            time.sleep(0.2)
+            await task.deferLater(reactor, 0.2, lambda: None)
     ready_after = time.monotonic() - started
     tokens = await guest.call(uris.AUTH_LOGIN, username=name, password=PASSWORD)
     await guest.close()
