@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -42,20 +42,27 @@ def _admin_connect(dsn: str, dbname: str = "postgres"):
 
 
 @pytest.fixture(scope="session")
-def fresh_pg_database(pg_dsn: str) -> Iterator[str]:
-    """A new empty database for this test session; dropped afterwards. Answers its DSN."""
-    name = f"messenger_it_{secrets.token_hex(4)}"
+def new_pg_database(pg_dsn: str) -> Iterator[Callable[[], str]]:
+    """Makes new empty databases (one per node: each node has its own key secret); all are
+    dropped at the end of the session. Calling it answers the new database's DSN."""
+    made: list[str] = []
     conn = _admin_connect(pg_dsn)
+
+    def make() -> str:
+        name = f"messenger_it_{secrets.token_hex(4)}"
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}" OWNER messenger')
+        made.append(name)
+        return urlunsplit(urlsplit(pg_dsn)._replace(path=f"/{name}"))
+
+    yield make
     with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}" OWNER messenger')
-    parts = urlsplit(pg_dsn)
-    yield urlunsplit(parts._replace(path=f"/{name}"))
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (name,),
-        )
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        for name in made:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
     conn.close()
 
 
@@ -68,10 +75,10 @@ def embedded_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
 @pytest.fixture(scope="session")
 def distributed_node(
-    tmp_path_factory: pytest.TempPathFactory, fresh_pg_database: str, redis_url: str
+    tmp_path_factory: pytest.TempPathFactory, new_pg_database: Callable[[], str], redis_url: str
 ) -> Iterator[Node]:
     env = {
-        "MESSENGER_PG_DSN": fresh_pg_database,
+        "MESSENGER_PG_DSN": new_pg_database(),
         "MESSENGER_REDIS_URL": redis_url,
         "MESSENGER_KEY_SECRET": secrets.token_hex(32),
     }

@@ -72,6 +72,7 @@ class AuthComponent(BackendSession):
         ring = KeyRing(store, lock, self.clock, secret, policy)
         await _until_up("signing keys", ring.ensure_current_key)
         await ring.reload()
+        ring.check_secret()
 
         argon = extra.get("argon2") or {}
         hasher = Argon2Hasher(

@@ -35,6 +35,10 @@ REQUIRED_CLAIMS = ("iss", "aud", "sub", "exp", "iat", "jti", "did")
 MAX_TOKEN_LENGTH = 4096
 
 
+class KeySecretMismatch(RuntimeError):
+    pass
+
+
 @dataclass(frozen=True)
 class TokenPolicy:
     issuer: str = "messenger"
@@ -136,6 +140,18 @@ class KeyRing:
             return True
         finally:
             await self._lock.release(ROTATION_LOCK, token)
+
+    def check_secret(self) -> None:
+        """Fail loudly at start if the configured key secret cannot decrypt the current key
+        (e.g. instances configured with different MESSENGER_KEY_SECRET values)."""
+        if self._keys:
+            try:
+                self._private_key(self._keys[0])
+            except ValueError:
+                raise KeySecretMismatch(
+                    f"the key secret does not decrypt signing key {self._keys[0].kid}: every auth instance "
+                    "must use the same key secret (MESSENGER_KEY_SECRET, or the data folder's key_secret)"
+                ) from None
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [dict(k.public_jwk) for k in self._keys]}

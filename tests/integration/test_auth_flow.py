@@ -102,3 +102,38 @@ async def test_username_is_unique_case_insensitively(node):
     err = await call_error(guest.call("messenger.auth.register", username=name.upper(), password=PASSWORD))
     assert err.error == "messenger.error.conflict"
     await guest.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_rejected_registration_writes_nothing(node):
+    name = new_username("carol")
+    guest = await connect(node.url)
+    for bad in ({"display_name": "x" * 65}, {"display_name": "two\nlines"}, {"display_name": 7}):
+        err = await call_error(guest.call("messenger.auth.register", username=name, password=PASSWORD, **bad))
+        assert err.error == "messenger.error.invalid_argument"
+    err = await call_error(guest.call("messenger.auth.login", username=name, password=PASSWORD))
+    assert err.error == "messenger.error.unauthenticated"
+    assert (await guest.call("messenger.auth.register", username=name, password=PASSWORD))["user_id"]
+    await guest.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_password_and_unknown_user_take_similar_time(embedded_node):
+    import time
+
+    reg = await register(embedded_node)
+    guest = await connect(embedded_node.url)
+
+    async def timed(username: str) -> float:
+        started = time.perf_counter()
+        await call_error(guest.call("messenger.auth.login", username=username, password="not the password"))
+        return time.perf_counter() - started
+
+    wrong, unknown = [], []
+    for _ in range(7):
+        wrong.append(await timed(reg["username"]))
+        unknown.append(await timed(new_username("ghost")))
+    med_wrong, med_unknown = sorted(wrong)[3], sorted(unknown)[3]
+    # both pay one argon2id verification; without the dummy hash an unknown user answers ~10x faster
+    assert 0.5 < med_wrong / med_unknown < 2.0, (med_wrong, med_unknown)
+    await guest.close()

@@ -4,13 +4,14 @@ ticket-authenticated backend transport, on PostgreSQL and Redis."""
 from __future__ import annotations
 
 import secrets
+import time
 
 import pytest
 import pytest_twisted
 from autobahn.twisted.rawsocket import WampRawSocketClientFactory
 from autobahn.wamp.serializer import MsgPackSerializer
 from autobahn.wamp.types import ComponentConfig
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from realms import uris
@@ -27,10 +28,10 @@ def backend_ticket():
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory, fresh_pg_database, redis_url, backend_ticket):
+def split(tmp_path_factory, new_pg_database, redis_url, backend_ticket):
     env = {
         "MESSENGER_BACKEND_TICKET": backend_ticket,
-        "MESSENGER_PG_DSN": fresh_pg_database,
+        "MESSENGER_PG_DSN": new_pg_database(),
         "MESSENGER_REDIS_URL": redis_url,
         "MESSENGER_KEY_SECRET": secrets.token_hex(32),
     }
@@ -63,3 +64,21 @@ async def test_backend_transport_needs_the_ticket_and_clients_cannot_become_back
     # the client transport never grants the backend role, whatever a client presents
     with pytest.raises(JoinFailed):
         await connect(split.url, ticket=backend_ticket, authid="backend")
+
+
+@pytest_twisted.ensureDeferred
+async def test_components_rejoin_by_themselves_when_the_router_node_restarts(split):
+    user, tokens = await user_session(split)
+    split.restart_router()
+    await user.disconnected.addTimeout(10, reactor)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            again = await connect(split.url, ticket=tokens["access_token"])
+            break
+        except JoinFailed:
+            assert time.monotonic() < deadline, split.components.log_text()[-3000:]
+            await task.deferLater(reactor, 0.5, lambda: None)
+    print(f"components back {30 - (deadline - time.monotonic()):.1f} s after the router restarted")
+    assert (await again.call(uris.USER_ME))["user_id"] == tokens["user_id"]
+    await again.close()

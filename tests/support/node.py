@@ -152,8 +152,8 @@ class Node:
 
 class SplitNodes:
     """The shipped distributed configs: a router node (``config/distributed/router``) and a
-    components node (``config/distributed/components``) joined over the ticket-authenticated
-    TCP backend transport, as two separate Crossbar processes."""
+    components process (``python -m common.runner config/distributed/components.json``) joined
+    over the ticket-authenticated TCP backend transport."""
 
     def __init__(self, workdir: Path, env: dict[str, str]) -> None:
         self.workdir = workdir
@@ -169,7 +169,7 @@ class SplitNodes:
 
     def _configs(self) -> tuple[dict[str, Any], dict[str, Any]]:
         router: dict[str, Any] = json.loads((ROOT / "config/distributed/router/config.json").read_text())
-        comps: dict[str, Any] = json.loads((ROOT / "config/distributed/components/config.json").read_text())
+        comps: dict[str, Any] = json.loads((ROOT / "config/distributed/components.json").read_text())
         for worker in router["workers"]:
             worker["options"]["pythonpath"] = [str(ROOT)]
             for t in worker["transports"]:
@@ -180,19 +180,17 @@ class SplitNodes:
                     t["endpoint"]["port"] = self.backend_port
                 elif t["id"] == "router_metrics":
                     t["endpoint"]["port"] = self.metrics_port
-        for worker in comps["workers"]:
-            worker["options"]["pythonpath"] = [str(ROOT)]
-            for c in worker["components"]:
-                c["transport"]["endpoint"]["port"] = self.backend_port
-                c["extra"]["http"]["port"] = self.auth_http_port
-                c["extra"]["limits"] = copy.deepcopy(RELAXED_LIMITS)
+        comps["router"]["url"] = f"rs://127.0.0.1:{self.backend_port}"
+        for c in comps["components"]:
+            c["extra"]["http"]["port"] = self.auth_http_port
+            c["extra"]["limits"] = copy.deepcopy(RELAXED_LIMITS)
         return router, comps
 
     def start(self, timeout: float = 60.0) -> SplitNodes:
         router, comps = self._configs()
-        self.router.start(router, self.env)
+        self.router.start_crossbar(router, self.env)
         wait_port(self.ws_port, timeout)
-        self.components.start(comps, self.env)
+        self.components.start_runner(comps, self.env)
         deadline = time.monotonic() + timeout
         while "auth component ready" not in self.components.log_text():
             if time.monotonic() > deadline or self.components.exited():
@@ -200,6 +198,11 @@ class SplitNodes:
                 raise RuntimeError(f"components not ready; log:\n{self.components.log_text()[-4000:]}")
             time.sleep(0.1)
         return self
+
+    def restart_router(self) -> None:
+        self.router.stop()
+        self.router.start_crossbar(self._configs()[0], self.env)
+        wait_port(self.ws_port, 30)
 
     def stop(self) -> None:
         self.components.stop()
@@ -212,19 +215,24 @@ class _Proc:
         self.log_path = cbdir.parent / log_name
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, config: dict[str, Any], extra_env: dict[str, str]) -> None:
+    def start_crossbar(self, config: dict[str, Any], extra_env: dict[str, str]) -> None:
         self.cbdir.mkdir(parents=True, exist_ok=True)
         (self.cbdir / "config.json").write_text(json.dumps(config, indent=2))
+        self._spawn([str(CROSSBAR), "start", "--cbdir", str(self.cbdir), "--loglevel", "info"], extra_env)
+
+    def start_runner(self, config: dict[str, Any], extra_env: dict[str, str]) -> None:
+        self.cbdir.mkdir(parents=True, exist_ok=True)
+        path = self.cbdir / "components.json"
+        path.write_text(json.dumps(config, indent=2))
+        self._spawn([sys.executable, "-m", "common.runner", str(path)], extra_env)
+
+    def _spawn(self, argv: list[str], extra_env: dict[str, str]) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESSENGER_")}
         env.update(extra_env)
+        env["PYTHONPATH"] = str(ROOT)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(CROSSBAR), "start", "--cbdir", str(self.cbdir), "--loglevel", "info"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=str(self.cbdir.parent),
-            start_new_session=True,
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.cbdir), start_new_session=True
         )
 
     def exited(self) -> bool:

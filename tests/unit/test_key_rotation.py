@@ -10,7 +10,7 @@ from common.adapters.memory import MemoryLock
 from common.clock import FixedClock
 from common.errors import Unauthenticated
 from components.auth.adapters.sqlite import SqliteAccountStore
-from components.auth.tokens import KeyRing, TokenPolicy
+from components.auth.tokens import KeyRing, KeySecretMismatch, TokenPolicy
 
 SECRET = b"test-key-secret"
 POLICY = TokenPolicy(access_ttl_s=900, rotation_interval_s=3600, leeway_s=30)
@@ -107,5 +107,29 @@ async def test_private_keys_are_stored_encrypted_and_need_the_secret(store):
     assert "ENCRYPTED PRIVATE KEY" in key.private_pem
     wrong = KeyRing(store, MemoryLock(clock), clock, b"another secret", POLICY)
     await wrong.reload()
+    with pytest.raises(KeySecretMismatch, match="same key secret"):
+        wrong.check_secret()
     with pytest.raises(ValueError):
         wrong.issue("u", "d")
+
+
+@pytest.mark.redis
+@pytest_twisted.ensureDeferred
+async def test_instances_sharing_the_redis_lock_rotate_once(store, redis_url):
+    import secrets
+
+    from common.adapters.redis import RedisClient, RedisLock
+
+    client = RedisClient.from_url(redis_url)
+    await client.start()
+    try:
+        clock = FixedClock()
+        prefix = f"test:{secrets.token_hex(4)}:"
+        rings = [KeyRing(store, RedisLock(client, prefix=prefix), clock, SECRET, POLICY) for _ in range(4)]
+        for _ in range(2):
+            results = await defer.gatherResults([defer.ensureDeferred(r.ensure_current_key()) for r in rings])
+            assert sum(results) == 1
+            clock.advance(3601 * 1000)
+        assert len(await store.list_signing_keys(0)) == 2
+    finally:
+        await client.stop()

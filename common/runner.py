@@ -1,0 +1,73 @@
+"""Run backend components as a standalone process that reconnects by itself.
+
+    python -m common.runner config/distributed/components.json
+
+The file names the router and the components:
+
+    {"router": {"url": "rs://127.0.0.1:8081", "realm": "messenger", "serializer": "msgpack"},
+     "components": [{"classname": "components.auth.app.AuthComponent", "extra": {...}}]}
+
+``MESSENGER_ROUTER_URL`` overrides the router URL. Each component reconnects with backoff
+whenever the router goes away (a Crossbar container restarts a component only once), so a
+components process survives router restarts and can run on any machine and in any number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from typing import Any
+
+from autobahn.twisted.wamp import ApplicationRunner
+from autobahn.wamp import serializer as ser
+from twisted.internet import reactor
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
+
+log = Logger(namespace="messenger.runner")
+
+SERIALIZERS = {"msgpack": ser.MsgPackSerializer, "cbor": ser.CBORSerializer, "json": ser.JsonSerializer}
+
+
+def load_class(dotted: str) -> Any:
+    module, _, name = dotted.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def start(config: dict[str, Any]) -> None:
+    router = config.get("router") or {}
+    url = os.environ.get("MESSENGER_ROUTER_URL") or router.get("url") or "rs://127.0.0.1:8081"
+    realm = router.get("realm", "messenger")
+    serializer = SERIALIZERS[router.get("serializer", "msgpack")]()
+    for spec in config["components"]:
+        cls = load_class(spec["classname"])
+        runner = ApplicationRunner(
+            url,
+            realm,
+            extra=spec.get("extra") or {},
+            serializers=[serializer],  # type: ignore[list-item]
+            max_retries=-1,
+            initial_retry_delay=0.2,
+            max_retry_delay=5.0,
+            retry_delay_growth=1.5,
+            retry_delay_jitter=0.1,
+        )
+        runner.run(cls, start_reactor=False, auto_reconnect=True)
+        log.info("component {cls} connecting to {url}", cls=spec["classname"], url=url)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", help="components config JSON file")
+    args = parser.parse_args(argv)
+    with open(args.config) as f:
+        config = json.load(f)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)  # type: ignore[list-item]
+    start(config)
+    reactor.run()  # type: ignore[misc]
+
+
+if __name__ == "__main__":
+    main()
