@@ -99,3 +99,17 @@ def artifacts_dir() -> Path:
     path = Path(__file__).resolve().parents[1] / "test-artifacts"
     path.mkdir(exist_ok=True)
     return path
+
+
+@pytest.fixture
+def hypothesis_rewrap_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """pytest-twisted 1.14 runs a Hypothesis test by replacing ``fn.hypothesis.inner_test`` with a
+    wrapper, in place, on every call. A parametrized test is one function for all its items, so
+    the second item would wrap the first item's wrapper (whose item is gone) and fail. Put the
+    original back after each item."""
+    handle = request.function.hypothesis
+    original = handle.inner_test
+    try:
+        yield
+    finally:
+        handle.inner_test = original

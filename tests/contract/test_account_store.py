@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -560,18 +559,6 @@ PROPERTY_SETTINGS = settings(
 PEOPLE = 4
 pair = st.tuples(st.integers(0, PEOPLE - 1), st.integers(0, PEOPLE - 1))
 relation_op = st.tuples(st.sampled_from(["add", "remove", "block", "unblock"]), pair)
-
-
-@pytest.fixture
-def hypothesis_rewrap_guard(request: pytest.FixtureRequest) -> Iterator[None]:
-    """pytest-twisted 1.14 wraps ``fn.hypothesis.inner_test`` in place on every call, so the second
-    item of a parametrized Hypothesis test would run the first item's wrapper. Undo it per item."""
-    handle = request.function.hypothesis
-    original = handle.inner_test
-    try:
-        yield
-    finally:
-        handle.inner_test = original
 
 
 @pytest.mark.usefixtures("hypothesis_rewrap_guard")

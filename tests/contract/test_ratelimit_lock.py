@@ -245,20 +245,6 @@ async def test_concurrent_acquires_have_one_winner(env: Env) -> None:
 KEYS = ("a", "b", "c")
 
 
-@pytest.fixture
-def hypothesis_rewrap_guard(request: pytest.FixtureRequest) -> Iterator[None]:
-    """pytest-twisted 1.14 runs a Hypothesis test by replacing ``fn.hypothesis.inner_test`` with a
-    wrapper, in place, on every call. A parametrized test is one function for all its items, so
-    the second item would wrap the first item's wrapper (whose item is gone) and fail. Put the
-    original back after each item."""
-    handle = request.function.hypothesis
-    original = handle.inner_test
-    try:
-        yield
-    finally:
-        handle.inner_test = original
-
-
 @pytest.mark.usefixtures("hypothesis_rewrap_guard")
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(

@@ -65,8 +65,7 @@ class Node:
         self.auth_http_port = free_port()
         self.extra = extra or {}
         self.env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / "node.log"
+        self._proc = _Proc(self.cbdir, "node.log")
 
     @property
     def url(self) -> str:
@@ -98,20 +97,8 @@ class Node:
         return cfg
 
     def start(self, timeout: float = 60.0) -> Node:
-        self.cbdir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        (self.cbdir / "config.json").write_text(json.dumps(self.config(), indent=2))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MESSENGER_")}
-        env.update(self.env)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [str(CROSSBAR), "start", "--cbdir", str(self.cbdir), "--loglevel", "info"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=str(self.workdir),
-            start_new_session=True,
-        )
+        self._proc.start_crossbar(self.config(), self.env)
         try:
             self.wait_ready(timeout)
         except Exception:
@@ -122,8 +109,8 @@ class Node:
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"crossbar exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            if self._proc.exited():
+                raise RuntimeError(f"crossbar exited; log:\n{self.log_tail()}")
             if "auth component ready" in self.log_text():
                 wait_port(self.ws_port, max(1.0, deadline - time.monotonic()))
                 return
@@ -131,23 +118,13 @@ class Node:
         raise TimeoutError(f"node not ready after {timeout} s; log:\n{self.log_tail()}")
 
     def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return self._proc.log_text()
 
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log_text().splitlines()[-n:])
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
+        self._proc.stop()
 
 
 class SplitNodes:

@@ -34,10 +34,10 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from txpostgres import txpostgres
 
-from common.errors import Conflict, InvalidArgument, NotFound, Unavailable
+from common.errors import Conflict, NotFound, Unavailable
 from common.resilience import CircuitBreaker
+from components.auth.adapters import rows as rowmap
 from components.auth.domain import (
-    PROFILE_FIELDS,
     Account,
     Device,
     RefreshToken,
@@ -120,9 +120,6 @@ MIGRATIONS: tuple[str, ...] = (
 MIGRATION_LOCK_KEY = 0x6D_73_67_61_75_74_68  # "msgauth": pg_advisory_xact_lock key of the migrations
 SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
-_ACCOUNT_COLUMNS = "user_id, username, display_name, password_hash, created_at_ms, bio, avatar_media_id, updated_at_ms"
-_DEVICE_COLUMNS = "device_id, user_id, name, created_at_ms, last_used_at_ms, revoked_at_ms"
-_KEY_COLUMNS = "kid, algorithm, private_pem, public_jwk, created_at_ms"
 _REVOKE_SQL = (
     "WITH d AS (UPDATE devices SET revoked_at_ms = %(now)s"
     "           WHERE device_id = %(device_id)s AND revoked_at_ms IS NULL RETURNING device_id),"
@@ -132,53 +129,6 @@ _REVOKE_SQL = (
 )
 
 Row = tuple[Any, ...]
-
-
-def escape_like(prefix: str) -> str:
-    """``prefix`` as a LIKE pattern matching itself literally (escape character ``\\``)."""
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _account(row: Sequence[Any]) -> Account:
-    return Account(
-        user_id=row[0],
-        username=row[1],
-        display_name=row[2],
-        password_hash=row[3],
-        created_at_ms=row[4],
-        bio=row[5],
-        avatar_media_id=row[6],
-        updated_at_ms=row[7],
-    )
-
-
-def _device(row: Sequence[Any]) -> Device:
-    return Device(
-        device_id=row[0],
-        user_id=row[1],
-        name=row[2],
-        created_at_ms=row[3],
-        last_used_at_ms=row[4],
-        revoked_at_ms=row[5],
-    )
-
-
-def _key(row: Sequence[Any]) -> SigningKey:
-    return SigningKey(
-        kid=row[0], algorithm=row[1], private_pem=row[2], public_jwk=json.loads(row[3]), created_at_ms=row[4]
-    )
-
-
-def _profile_assignments(fields: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = set(fields) - set(PROFILE_FIELDS)
-    if unknown:
-        raise InvalidArgument(f"not a profile field: {', '.join(sorted(unknown))}")
-    out = dict(fields)
-    if "display_name" in out:
-        out["display_name_lower"] = str(out["display_name"]).lower()
-    if "bio" in out and out["bio"] is None:
-        out["bio"] = ""
-    return out
 
 
 def _integrity(e: psycopg2.IntegrityError, conflict: str, missing: str = "unknown user") -> Exception:
@@ -541,56 +491,58 @@ class PostgresAccountStore:
         )
 
     async def get_account(self, user_id: str) -> Account | None:
-        rows = await self._fetch(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE user_id = %s", (user_id,))
-        return _account(rows[0]) if rows else None
+        rows = await self._fetch(f"SELECT {rowmap.ACCOUNT_COLUMNS} FROM accounts WHERE user_id = %s", (user_id,))
+        return rowmap.account(rows[0]) if rows else None
 
     async def get_account_by_username(self, username: str) -> Account | None:
-        rows = await self._fetch(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE username = %s", (username.lower(),))
-        return _account(rows[0]) if rows else None
+        rows = await self._fetch(
+            f"SELECT {rowmap.ACCOUNT_COLUMNS} FROM accounts WHERE username = %s", (username.lower(),)
+        )
+        return rowmap.account(rows[0]) if rows else None
 
     async def get_accounts(self, user_ids: Sequence[str]) -> list[Account]:
         ids = list(user_ids)
         if not ids:
             return []
         rows = await self._fetch(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE user_id = ANY(%s)", (list(dict.fromkeys(ids)),)
+            f"SELECT {rowmap.ACCOUNT_COLUMNS} FROM accounts WHERE user_id = ANY(%s)", (list(dict.fromkeys(ids)),)
         )
-        found = {r[0]: _account(r) for r in rows}
+        found = {r[0]: rowmap.account(r) for r in rows}
         return [found[uid] for uid in ids if uid in found]
 
     async def update_profile(self, user_id: str, fields: Mapping[str, Any], now_ms: int) -> Account | None:
-        assignments = _profile_assignments(fields)
+        assignments = rowmap.profile_assignments(fields)
         columns = [*assignments, "updated_at_ms"]
         sets = ", ".join(f"{c} = %s" for c in columns)
 
         async def update(cur: _Cursor) -> Account | None:
             await cur.execute(
-                f"UPDATE accounts SET {sets} WHERE user_id = %s RETURNING {_ACCOUNT_COLUMNS}",
+                f"UPDATE accounts SET {sets} WHERE user_id = %s RETURNING {rowmap.ACCOUNT_COLUMNS}",
                 (*assignments.values(), now_ms, user_id),
             )
             row = cur.fetchone()
-            return _account(row) if row else None
+            return rowmap.account(row) if row else None
 
         return await self._write(update)
 
     async def search_accounts(self, prefix: str, limit: int) -> list[Account]:
         if limit <= 0:
             return []
-        pattern = escape_like(prefix.lower()) + "%"
+        pattern = rowmap.escape_like(prefix.lower()) + "%"
         rows = await self._fetch(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts"
+            f"SELECT {rowmap.ACCOUNT_COLUMNS} FROM accounts"
             " WHERE username LIKE %(p)s ESCAPE '\\' OR display_name_lower LIKE %(p)s ESCAPE '\\'"
             " ORDER BY username LIMIT %(limit)s",
             {"p": pattern, "limit": limit},
         )
-        return [_account(r) for r in rows]
+        return [rowmap.account(r) for r in rows]
 
     # -- devices and refresh tokens -----------------------------------------------------------
     async def create_device(self, device: Device, token: RefreshToken) -> None:
         async def insert(cur: _Cursor) -> None:
             try:
                 await cur.execute(
-                    f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
+                    f"INSERT INTO devices ({rowmap.DEVICE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)",
                     (
                         device.device_id,
                         device.user_id,
@@ -615,8 +567,8 @@ class PostgresAccountStore:
         )
 
     async def get_device(self, device_id: str) -> Device | None:
-        rows = await self._fetch(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = %s", (device_id,))
-        return _device(rows[0]) if rows else None
+        rows = await self._fetch(f"SELECT {rowmap.DEVICE_COLUMNS} FROM devices WHERE device_id = %s", (device_id,))
+        return rowmap.device(rows[0]) if rows else None
 
     async def rotate_refresh_token(self, old_hash: str, new: RefreshToken, now_ms: int) -> RotateResult:
         async def rotate(cur: _Cursor) -> RotateResult:
@@ -624,14 +576,14 @@ class PostgresAccountStore:
             # lock before touching them, so concurrent calls queue here and never deadlock. The
             # token is read after the lock is held, so a concurrent winner's spend is visible.
             await cur.execute(
-                f"SELECT {_DEVICE_COLUMNS} FROM devices"
+                f"SELECT {rowmap.DEVICE_COLUMNS} FROM devices"
                 " WHERE device_id = (SELECT device_id FROM refresh_tokens WHERE token_hash = %s) FOR UPDATE",
                 (old_hash,),
             )
             row = cur.fetchone()
             if row is None:
                 return RotateResult(RotateOutcome.INVALID)
-            device = _device(row)
+            device = rowmap.device(row)
             await cur.execute(
                 "SELECT user_id, expires_at_ms, used_at_ms, revoked_at_ms FROM refresh_tokens"
                 " WHERE token_hash = %s FOR UPDATE",
@@ -693,13 +645,13 @@ class PostgresAccountStore:
         await self._change("DELETE FROM contacts WHERE owner_id = %s AND contact_id = %s", (owner_id, contact_id))
 
     async def list_contacts(self, owner_id: str) -> list[Account]:
-        columns = ", ".join(f"a.{c.strip()}" for c in _ACCOUNT_COLUMNS.split(","))
+        columns = ", ".join(f"a.{c.strip()}" for c in rowmap.ACCOUNT_COLUMNS.split(","))
         rows = await self._fetch(
             f"SELECT {columns} FROM contacts c JOIN accounts a ON a.user_id = c.contact_id"
             " WHERE c.owner_id = %s ORDER BY a.username",
             (owner_id,),
         )
-        return [_account(r) for r in rows]
+        return [rowmap.account(r) for r in rows]
 
     async def count_contacts(self, owner_id: str) -> int:
         rows = await self._fetch("SELECT count(*) FROM contacts WHERE owner_id = %s", (owner_id,))
@@ -729,17 +681,18 @@ class PostgresAccountStore:
     # -- signing keys -----------------------------------------------------------------------------
     async def add_signing_key(self, key: SigningKey) -> None:
         await self._change(
-            f"INSERT INTO signing_keys ({_KEY_COLUMNS}) VALUES (%s, %s, %s, %s, %s)",
+            f"INSERT INTO signing_keys ({rowmap.KEY_COLUMNS}) VALUES (%s, %s, %s, %s, %s)",
             (key.kid, key.algorithm, key.private_pem, json.dumps(key.public_jwk, sort_keys=True), key.created_at_ms),
             conflict=f"signing key {key.kid!r} already exists",
         )
 
     async def list_signing_keys(self, created_after_ms: int) -> list[SigningKey]:
         rows = await self._fetch(
-            f"SELECT {_KEY_COLUMNS} FROM signing_keys WHERE created_at_ms > %s ORDER BY created_at_ms DESC, kid DESC",
+            f"SELECT {rowmap.KEY_COLUMNS} FROM signing_keys WHERE created_at_ms > %s"
+            " ORDER BY created_at_ms DESC, kid DESC",
             (created_after_ms,),
         )
-        return [_key(r) for r in rows]
+        return [rowmap.signing_key(r) for r in rows]
 
     async def delete_signing_keys(self, created_before_ms: int) -> int:
         return await self._change("DELETE FROM signing_keys WHERE created_at_ms < %s", (created_before_ms,))

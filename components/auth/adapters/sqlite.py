@@ -21,9 +21,9 @@ from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
-from common.errors import Conflict, InvalidArgument, NotFound, Unavailable
+from common.errors import Conflict, NotFound, Unavailable
+from components.auth.adapters import rows as rowmap
 from components.auth.domain import (
-    PROFILE_FIELDS,
     Account,
     Device,
     RefreshToken,
@@ -99,58 +99,7 @@ MIGRATIONS: tuple[str, ...] = (
     """,
 )
 
-_ACCOUNT_COLUMNS = "user_id, username, display_name, password_hash, created_at_ms, bio, avatar_media_id, updated_at_ms"
-_DEVICE_COLUMNS = "device_id, user_id, name, created_at_ms, last_used_at_ms, revoked_at_ms"
-_KEY_COLUMNS = "kid, algorithm, private_pem, public_jwk, created_at_ms"
 _IN_CHUNK = 500  # stay far below SQLITE_MAX_VARIABLE_NUMBER
-
-
-def escape_like(prefix: str) -> str:
-    """``prefix`` as a LIKE pattern matching itself literally (escape character ``\\``)."""
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def _account(row: Sequence[Any]) -> Account:
-    return Account(
-        user_id=row[0],
-        username=row[1],
-        display_name=row[2],
-        password_hash=row[3],
-        created_at_ms=row[4],
-        bio=row[5],
-        avatar_media_id=row[6],
-        updated_at_ms=row[7],
-    )
-
-
-def _device(row: Sequence[Any]) -> Device:
-    return Device(
-        device_id=row[0],
-        user_id=row[1],
-        name=row[2],
-        created_at_ms=row[3],
-        last_used_at_ms=row[4],
-        revoked_at_ms=row[5],
-    )
-
-
-def _key(row: Sequence[Any]) -> SigningKey:
-    return SigningKey(
-        kid=row[0], algorithm=row[1], private_pem=row[2], public_jwk=json.loads(row[3]), created_at_ms=row[4]
-    )
-
-
-def _profile_assignments(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Column -> value for ``update_profile``; only the known profile fields are accepted."""
-    unknown = set(fields) - set(PROFILE_FIELDS)
-    if unknown:
-        raise InvalidArgument(f"not a profile field: {', '.join(sorted(unknown))}")
-    out = dict(fields)
-    if "display_name" in out:
-        out["display_name_lower"] = str(out["display_name"]).lower()
-    if "bio" in out and out["bio"] is None:
-        out["bio"] = ""
-    return out
 
 
 def _integrity(e: sqlite3.IntegrityError, conflict: str, missing: str = "unknown user") -> Exception:
@@ -305,14 +254,16 @@ class SqliteAccountStore:
         await self._run(insert)
 
     async def get_account(self, user_id: str) -> Account | None:
-        rows = await self._run(self._query, f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE user_id = ?", (user_id,))
-        return _account(rows[0]) if rows else None
+        rows = await self._run(
+            self._query, f"SELECT {rowmap.ACCOUNT_COLUMNS} FROM accounts WHERE user_id = ?", (user_id,)
+        )
+        return rowmap.account(rows[0]) if rows else None
 
     async def get_account_by_username(self, username: str) -> Account | None:
         rows = await self._run(
-            self._query, f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE username = ?", (username.lower(),)
+            self._query, f"SELECT {rowmap.ACCOUNT_COLUMNS} FROM accounts WHERE username = ?", (username.lower(),)
         )
-        return _account(rows[0]) if rows else None
+        return rowmap.account(rows[0]) if rows else None
 
     async def get_accounts(self, user_ids: Sequence[str]) -> list[Account]:
         ids = list(user_ids)
@@ -325,15 +276,17 @@ class SqliteAccountStore:
             for i in range(0, len(unique), _IN_CHUNK):
                 chunk = unique[i : i + _IN_CHUNK]
                 marks = ", ".join("?" * len(chunk))
-                for row in self._query(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE user_id IN ({marks})", chunk):
-                    found[row[0]] = _account(row)
+                for row in self._query(
+                    f"SELECT {rowmap.ACCOUNT_COLUMNS} FROM accounts WHERE user_id IN ({marks})", chunk
+                ):
+                    found[row[0]] = rowmap.account(row)
             return found
 
         found = await self._run(select)
         return [found[uid] for uid in ids if uid in found]
 
     async def update_profile(self, user_id: str, fields: Mapping[str, Any], now_ms: int) -> Account | None:
-        assignments = _profile_assignments(fields)
+        assignments = rowmap.profile_assignments(fields)
 
         def update(conn: sqlite3.Connection) -> Account | None:
             columns = [*assignments, "updated_at_ms"]
@@ -341,8 +294,10 @@ class SqliteAccountStore:
             sets = ", ".join(f"{c} = ?" for c in columns)
             if conn.execute(f"UPDATE accounts SET {sets} WHERE user_id = ?", (*values, user_id)).rowcount == 0:
                 return None
-            row = conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE user_id = ?", (user_id,)).fetchone()
-            return _account(row)
+            row = conn.execute(
+                f"SELECT {rowmap.ACCOUNT_COLUMNS} FROM accounts WHERE user_id = ?", (user_id,)
+            ).fetchone()
+            return rowmap.account(row)
 
         return await self._run(self._tx, update)
 
@@ -354,20 +309,20 @@ class SqliteAccountStore:
         # the indexes, which it will not do for a case-insensitive LIKE on BINARY columns.
         rows = await self._run(
             self._query,
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts"
+            f"SELECT {rowmap.ACCOUNT_COLUMNS} FROM accounts"
             " WHERE (username >= :lo AND username < :hi AND username LIKE :p ESCAPE '\\')"
             " OR (display_name_lower >= :lo AND display_name_lower < :hi AND display_name_lower LIKE :p ESCAPE '\\')"
             " ORDER BY username LIMIT :limit",
-            {"lo": p, "hi": p + "\U0010ffff", "p": escape_like(p) + "%", "limit": limit},
+            {"lo": p, "hi": p + "\U0010ffff", "p": rowmap.escape_like(p) + "%", "limit": limit},
         )
-        return [_account(r) for r in rows]
+        return [rowmap.account(r) for r in rows]
 
     # -- devices and refresh tokens -----------------------------------------------------------
     async def create_device(self, device: Device, token: RefreshToken) -> None:
         def insert(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
-                    f"INSERT INTO devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO devices ({rowmap.DEVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                     (
                         device.device_id,
                         device.user_id,
@@ -392,8 +347,10 @@ class SqliteAccountStore:
         )
 
     async def get_device(self, device_id: str) -> Device | None:
-        rows = await self._run(self._query, f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,))
-        return _device(rows[0]) if rows else None
+        rows = await self._run(
+            self._query, f"SELECT {rowmap.DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)
+        )
+        return rowmap.device(rows[0]) if rows else None
 
     async def rotate_refresh_token(self, old_hash: str, new: RefreshToken, now_ms: int) -> RotateResult:
         def rotate(conn: sqlite3.Connection) -> RotateResult:
@@ -405,10 +362,12 @@ class SqliteAccountStore:
             if tok is None:
                 return RotateResult(RotateOutcome.INVALID)
             device_id, user_id, expires_at_ms, used_at_ms, token_revoked_at_ms = tok
-            row = conn.execute(f"SELECT {_DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+            row = conn.execute(
+                f"SELECT {rowmap.DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
             if row is None:
                 return RotateResult(RotateOutcome.INVALID)
-            device = _device(row)
+            device = rowmap.device(row)
             if device.revoked or token_revoked_at_ms is not None or now_ms >= expires_at_ms:
                 return RotateResult(RotateOutcome.INVALID)
             if used_at_ms is not None:
@@ -469,14 +428,14 @@ class SqliteAccountStore:
         )
 
     async def list_contacts(self, owner_id: str) -> list[Account]:
-        columns = ", ".join(f"a.{c.strip()}" for c in _ACCOUNT_COLUMNS.split(","))
+        columns = ", ".join(f"a.{c.strip()}" for c in rowmap.ACCOUNT_COLUMNS.split(","))
         rows = await self._run(
             self._query,
             f"SELECT {columns} FROM contacts c JOIN accounts a ON a.user_id = c.contact_id"
             " WHERE c.owner_id = ? ORDER BY a.username",
             (owner_id,),
         )
-        return [_account(r) for r in rows]
+        return [rowmap.account(r) for r in rows]
 
     async def count_contacts(self, owner_id: str) -> int:
         rows = await self._run(self._query, "SELECT count(*) FROM contacts WHERE owner_id = ?", (owner_id,))
@@ -507,7 +466,7 @@ class SqliteAccountStore:
         def insert() -> None:
             try:
                 self._db().execute(
-                    f"INSERT INTO signing_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
+                    f"INSERT INTO signing_keys ({rowmap.KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                     (
                         key.kid,
                         key.algorithm,
@@ -524,10 +483,11 @@ class SqliteAccountStore:
     async def list_signing_keys(self, created_after_ms: int) -> list[SigningKey]:
         rows = await self._run(
             self._query,
-            f"SELECT {_KEY_COLUMNS} FROM signing_keys WHERE created_at_ms > ? ORDER BY created_at_ms DESC, kid DESC",
+            f"SELECT {rowmap.KEY_COLUMNS} FROM signing_keys WHERE created_at_ms > ?"
+            " ORDER BY created_at_ms DESC, kid DESC",
             (created_after_ms,),
         )
-        return [_key(r) for r in rows]
+        return [rowmap.signing_key(r) for r in rows]
 
     async def delete_signing_keys(self, created_before_ms: int) -> int:
         return await self._run(self._change, "DELETE FROM signing_keys WHERE created_at_ms < ?", (created_before_ms,))
