@@ -8,14 +8,17 @@ keep their state in dictionaries whose expired entries are pruned every
 from __future__ import annotations
 
 import secrets
+from typing import Generic, TypeVar
 
 from common.clock import Clock
 
 DEFAULT_PRUNE_EVERY = 1024
+V = TypeVar("V")
 
 
-class MemoryRateLimiter:
-    """Fixed window per key; a window starts with the first hit on the key."""
+class _Expiring(Generic[V]):
+    """A dict of ``key -> (value, expires_at_ms)`` whose expired entries are dropped every
+    ``prune_every`` operations, so memory stays bounded by what is live."""
 
     def __init__(self, clock: Clock, *, prune_every: int = DEFAULT_PRUNE_EVERY) -> None:
         if prune_every < 1:
@@ -23,86 +26,65 @@ class MemoryRateLimiter:
         self._clock = clock
         self._prune_every = prune_every
         self._calls = 0
-        # key -> (hits in the current window, window end in ms)
-        self._windows: dict[str, tuple[int, int]] = {}
+        self._entries: dict[str, tuple[V, int]] = {}
 
     def __len__(self) -> int:
-        """Keys currently held, expired or not (for tests and metrics)."""
-        return len(self._windows)
+        """Entries currently held, expired or not (for tests and metrics)."""
+        return len(self._entries)
+
+    def prune(self, now_ms: int | None = None) -> None:
+        """Forget every entry that has expired."""
+        now = self._clock.now_ms() if now_ms is None else now_ms
+        expired = [k for k, (_, expires_at) in self._entries.items() if now >= expires_at]
+        for k in expired:
+            del self._entries[k]
+
+    def _tick(self, now: int) -> None:
+        self._calls += 1
+        if self._calls >= self._prune_every:
+            self._calls = 0
+            self.prune(now)
+
+
+class MemoryRateLimiter(_Expiring[int]):
+    """Fixed window per key; a window starts with the first hit on the key.
+    Entries: key -> (hits in the current window, window end in ms)."""
 
     async def hit(self, key: str, limit: int, window_ms: int) -> int:
         if window_ms <= 0:
             raise ValueError("window_ms must be > 0")
         now = self._clock.now_ms()
         self._tick(now)
-        entry = self._windows.get(key)
+        entry = self._entries.get(key)
         if entry is None or now >= entry[1]:
             count, ends_at = 1, now + window_ms
         else:
             count, ends_at = entry[0] + 1, entry[1]
-        self._windows[key] = (count, ends_at)
+        self._entries[key] = (count, ends_at)
         if count <= limit:
             return 0
         return max(1, min(window_ms, ends_at - now))
 
     async def reset(self, key: str) -> None:
-        self._windows.pop(key, None)
-
-    def prune(self, now_ms: int | None = None) -> None:
-        """Forget every window that has ended."""
-        now = self._clock.now_ms() if now_ms is None else now_ms
-        expired = [k for k, (_, ends_at) in self._windows.items() if now >= ends_at]
-        for k in expired:
-            del self._windows[k]
-
-    def _tick(self, now: int) -> None:
-        self._calls += 1
-        if self._calls >= self._prune_every:
-            self._calls = 0
-            self.prune(now)
+        self._entries.pop(key, None)
 
 
-class MemoryLock:
+class MemoryLock(_Expiring[str]):
     """Named locks with a time to live: name -> (token, expires_at_ms)."""
-
-    def __init__(self, clock: Clock, *, prune_every: int = DEFAULT_PRUNE_EVERY) -> None:
-        if prune_every < 1:
-            raise ValueError("prune_every must be >= 1")
-        self._clock = clock
-        self._prune_every = prune_every
-        self._calls = 0
-        self._locks: dict[str, tuple[str, int]] = {}
-
-    def __len__(self) -> int:
-        """Locks currently held, expired or not (for tests and metrics)."""
-        return len(self._locks)
 
     async def acquire(self, name: str, ttl_ms: int) -> str | None:
         if ttl_ms <= 0:
             raise ValueError("ttl_ms must be > 0")
         now = self._clock.now_ms()
         self._tick(now)
-        held = self._locks.get(name)
+        held = self._entries.get(name)
         if held is not None and now < held[1]:
             return None
         token = secrets.token_urlsafe(18)
-        self._locks[name] = (token, now + ttl_ms)
+        self._entries[name] = (token, now + ttl_ms)
         return token
 
     async def release(self, name: str, token: str) -> None:
-        held = self._locks.get(name)
+        held = self._entries.get(name)
         if held is not None and secrets.compare_digest(held[0].encode(), token.encode()):
-            del self._locks[name]
-
-    def prune(self, now_ms: int | None = None) -> None:
-        """Forget every lock whose time to live has run out."""
-        now = self._clock.now_ms() if now_ms is None else now_ms
-        expired = [k for k, (_, expires_at) in self._locks.items() if now >= expires_at]
-        for k in expired:
-            del self._locks[k]
-
-    def _tick(self, now: int) -> None:
-        self._calls += 1
-        if self._calls >= self._prune_every:
-            self._calls = 0
-            self.prune(now)
+            del self._entries[name]

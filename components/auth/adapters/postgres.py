@@ -474,19 +474,8 @@ class PostgresAccountStore:
     # -- accounts --------------------------------------------------------------------------
     async def create_account(self, account: Account) -> None:
         await self._change(
-            "INSERT INTO accounts (user_id, username, display_name, display_name_lower, password_hash,"
-            " bio, avatar_media_id, created_at_ms, updated_at_ms) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                account.user_id,
-                account.username.lower(),
-                account.display_name,
-                account.display_name.lower(),
-                account.password_hash,
-                account.bio,
-                account.avatar_media_id,
-                account.created_at_ms,
-                account.updated_at_ms,
-            ),
+            f"INSERT INTO accounts ({rowmap.ACCOUNT_INSERT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            rowmap.account_insert_values(account),
             conflict="username is taken",
         )
 

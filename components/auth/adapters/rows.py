@@ -12,6 +12,25 @@ from components.auth.domain import PROFILE_FIELDS, Account, Device, SigningKey
 ACCOUNT_COLUMNS = "user_id, username, display_name, password_hash, created_at_ms, bio, avatar_media_id, updated_at_ms"
 DEVICE_COLUMNS = "device_id, user_id, name, created_at_ms, last_used_at_ms, revoked_at_ms"
 KEY_COLUMNS = "kid, algorithm, private_pem, public_jwk, created_at_ms"
+ACCOUNT_INSERT_COLUMNS = (
+    "user_id, username, display_name, display_name_lower, password_hash, bio, avatar_media_id,"
+    " created_at_ms, updated_at_ms"
+)
+
+
+def account_insert_values(a: Account) -> tuple[Any, ...]:
+    """Values for ``ACCOUNT_INSERT_COLUMNS``."""
+    return (
+        a.user_id,
+        a.username.lower(),
+        a.display_name,
+        a.display_name.lower(),
+        a.password_hash,
+        a.bio,
+        a.avatar_media_id,
+        a.created_at_ms,
+        a.updated_at_ms,
+    )
 
 
 def escape_like(prefix: str) -> str:

@@ -234,19 +234,8 @@ class SqliteAccountStore:
         def insert() -> None:
             try:
                 self._db().execute(
-                    "INSERT INTO accounts (user_id, username, display_name, display_name_lower, password_hash,"
-                    " bio, avatar_media_id, created_at_ms, updated_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        account.user_id,
-                        account.username.lower(),
-                        account.display_name,
-                        account.display_name.lower(),
-                        account.password_hash,
-                        account.bio,
-                        account.avatar_media_id,
-                        account.created_at_ms,
-                        account.updated_at_ms,
-                    ),
+                    f"INSERT INTO accounts ({rowmap.ACCOUNT_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rowmap.account_insert_values(account),
                 )
             except sqlite3.IntegrityError as e:
                 raise _integrity(e, "username is taken") from e
