@@ -1,6 +1,6 @@
 """Ports of the auth component. Adapters: ``adapters/sqlite.py`` (embedded),
-``adapters/postgres.py`` (distributed), ``adapters/memory.py`` and ``adapters/redis.py``
-(rate limits and locks). One contract suite per port: ``tests/contract/``.
+``adapters/postgres.py`` (distributed). Rate limits and locks: ``common/ports.py``.
+One contract suite per port: ``tests/contract/``.
 
 All methods are coroutines (adapters may await Twisted Deferreds inside them).
 A dependency failure surfaces as :class:`common.errors.Unavailable`.
@@ -104,27 +104,6 @@ class KeyStore(Protocol):
 
     async def delete_signing_keys(self, created_before_ms: int) -> int:
         """Delete keys created strictly before; answer how many."""
-        ...
-
-
-class RateLimiter(Protocol):
-    async def hit(self, key: str, limit: int, window_ms: int) -> int:
-        """Count one hit on ``key`` in a fixed window of ``window_ms``.
-
-        Answer 0 when the hit is within ``limit`` for the current window, else the
-        milliseconds until the window ends (> 0, <= ``window_ms``)."""
-        ...
-
-    async def reset(self, key: str) -> None: ...
-
-
-class Lock(Protocol):
-    async def acquire(self, name: str, ttl_ms: int) -> str | None:
-        """A token if the lock was free (it expires by itself after ``ttl_ms``), else None."""
-        ...
-
-    async def release(self, name: str, token: str) -> None:
-        """Release only if still held with ``token``."""
         ...
 
 

@@ -7,9 +7,10 @@ from typing import Any
 
 from common.clock import Clock
 from common.errors import Conflict, InvalidArgument, NotFound, RateLimited, Unauthenticated
+from common.ports import RateLimiter
 from components.auth import domain
 from components.auth.domain import Account, Device, RefreshToken, RotateOutcome
-from components.auth.ports import AccountStore, AuthEvents, PasswordHasher, RateLimiter
+from components.auth.ports import AccountStore, AuthEvents, PasswordHasher
 from components.auth.tokens import KeyRing
 
 WRONG_CREDENTIALS = "wrong username or password"

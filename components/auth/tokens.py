@@ -26,8 +26,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from common.clock import Clock
 from common.errors import Conflict, Unauthenticated
+from common.ports import Lock
 from components.auth.domain import SigningKey
-from components.auth.ports import KeyStore, Lock
+from components.auth.ports import KeyStore
 
 ALGORITHM = "EdDSA"
 ROTATION_LOCK = "auth:signing-key-rotation"

@@ -35,7 +35,7 @@ from common.adapters.memory import MemoryLock, MemoryRateLimiter
 from common.adapters.redis import RedisClient, RedisLock, RedisRateLimiter
 from common.clock import FixedClock
 from common.errors import Unavailable
-from components.auth.ports import Lock, RateLimiter
+from common.ports import Lock, RateLimiter
 
 REACTOR: Any = _reactor
 REDIS_URL_ENV = "MESSENGER_TEST_REDIS_URL"
