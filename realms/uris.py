@@ -27,10 +27,37 @@ CONTACTS_ADD = "messenger.contacts.add"
 CONTACTS_REMOVE = "messenger.contacts.remove"
 CONTACTS_LIST = "messenger.contacts.list"
 
+# -- chats, messages, presence, sync (user) ---------------------------------------------------
+CHAT_CREATE_DIRECT = "messenger.chat.create_direct"
+CHAT_CREATE_GROUP = "messenger.chat.create_group"
+CHAT_GET = "messenger.chat.get"
+CHAT_LIST = "messenger.chat.list"
+CHAT_ADD_MEMBERS = "messenger.chat.add_members"
+CHAT_REMOVE_MEMBER = "messenger.chat.remove_member"
+CHAT_LEAVE = "messenger.chat.leave"
+CHAT_UPDATE = "messenger.chat.update"
+CHAT_TYPING = "messenger.chat.typing"
+MESSAGE_SEND = "messenger.message.send"
+MESSAGE_HISTORY = "messenger.message.history"
+MESSAGE_EDIT = "messenger.message.edit"
+MESSAGE_DELETE = "messenger.message.delete"
+MESSAGE_REACT = "messenger.message.react"
+MESSAGE_MARK_DELIVERED = "messenger.message.mark_delivered"
+MESSAGE_MARK_READ = "messenger.message.mark_read"
+PRESENCE_GET = "messenger.presence.get"
+SYNC_GET_UPDATES = "messenger.sync.get_updates"
+
 # -- internal (backend only) ---------------------------------------------------------------
 INTERNAL_AUTHENTICATE = "messenger.internal.authenticate"
 INTERNAL_AUTHORIZE = "messenger.internal.authorize"
 INTERNAL_USER_BLOCKED = "messenger.internal.user.is_blocked"
+INTERNAL_USERS_EXISTING = "messenger.internal.user.existing"
+INTERNAL_CHAT_UPDATES = "messenger.internal.chat.updates"
+INTERNAL_CHAT_PARTNERS = "messenger.internal.chat.partners"
+# chat -> delivery (shared registration, invoke "first": one active delivery per router, the
+# others stand by, so every update is published once and in order)
+INTERNAL_DELIVER = "messenger.internal.deliver"  # stored updates to publish
+INTERNAL_DELIVER_EPHEMERAL = "messenger.internal.deliver_ephemeral"  # typing and the like
 EVENT_DEVICE_REVOKED = "messenger.internal.device_revoked"
 
 # -- topics --------------------------------------------------------------------------------
@@ -58,6 +85,24 @@ USER_PROCEDURES: frozenset[str] = GUEST_PROCEDURES | frozenset(
         CONTACTS_ADD,
         CONTACTS_REMOVE,
         CONTACTS_LIST,
+        CHAT_CREATE_DIRECT,
+        CHAT_CREATE_GROUP,
+        CHAT_GET,
+        CHAT_LIST,
+        CHAT_ADD_MEMBERS,
+        CHAT_REMOVE_MEMBER,
+        CHAT_LEAVE,
+        CHAT_UPDATE,
+        CHAT_TYPING,
+        MESSAGE_SEND,
+        MESSAGE_HISTORY,
+        MESSAGE_EDIT,
+        MESSAGE_DELETE,
+        MESSAGE_REACT,
+        MESSAGE_MARK_DELIVERED,
+        MESSAGE_MARK_READ,
+        PRESENCE_GET,
+        SYNC_GET_UPDATES,
     }
 )
 

@@ -6,6 +6,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -74,15 +75,54 @@ def embedded_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
 
 @pytest.fixture(scope="session")
-def distributed_node(
-    tmp_path_factory: pytest.TempPathFactory, new_pg_database: Callable[[], str], redis_url: str
-) -> Iterator[Node]:
-    env = {
-        "MESSENGER_PG_DSN": new_pg_database(),
-        "MESSENGER_REDIS_URL": redis_url,
-        "MESSENGER_KEY_SECRET": secrets.token_hex(32),
-    }
-    node = Node(tmp_path_factory.mktemp("distributed"), profile="distributed", env=env).start()
+def cassandra_location() -> str:
+    return require_env("MESSENGER_TEST_CASSANDRA")
+
+
+@pytest.fixture(scope="session")
+def new_keyspace(cassandra_location: str) -> Iterator[Callable[[], str]]:
+    """Names for fresh Cassandra keyspaces (one per node); all are dropped at the end."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"it_{secrets.token_hex(4)}"
+        made.append(name)
+        return name
+
+    yield make
+    if made:
+        from cassandra.cluster import Cluster
+
+        host, port = cassandra_location.rsplit(":", 1)
+        cluster = Cluster([host], port=int(port), connect_timeout=10)
+        try:
+            session = cluster.connect()
+            for name in made:
+                session.execute(f"DROP KEYSPACE IF EXISTS {name}", timeout=60)
+        finally:
+            cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def distributed_env(new_pg_database, redis_url, cassandra_location, new_keyspace):
+    """``make(pg_dsn=None) -> (env, extra)`` for a distributed node with its own database and keyspace."""
+
+    def make(pg_dsn: str | None = None) -> tuple[dict[str, str], dict[str, str]]:
+        env = {
+            "MESSENGER_PG_DSN": pg_dsn or new_pg_database(),
+            "MESSENGER_REDIS_URL": redis_url,
+            "MESSENGER_CASSANDRA": cassandra_location,
+            "MESSENGER_KEY_SECRET": secrets.token_hex(32),
+        }
+        return env, {"cassandra_keyspace": new_keyspace()}
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def distributed_node(tmp_path_factory: pytest.TempPathFactory, distributed_env: Callable[..., Any]) -> Iterator[Node]:
+    env, extra = distributed_env()
+    node = Node(tmp_path_factory.mktemp("distributed"), profile="distributed", env=env, extra=extra).start()
     yield node
     node.stop()
 

@@ -22,6 +22,7 @@ from common.adapters.memory import MemoryLock, MemoryRateLimiter
 from common.clock import Clock, SystemClock
 from common.errors import Unavailable
 from common.httpserver import JsonResource, http_root, mount
+from common.lifecycle import start_all, until_up
 from common.wampkit import BackendSession
 from components.auth.adapters.argon2 import Argon2Hasher
 from components.auth.service import AuthService, AuthSettings
@@ -61,7 +62,7 @@ class AuthComponent(BackendSession):
         extra: dict[str, Any] = dict(self.config.extra or {})
         prof = config.profile(extra)
         store, limiter, lock, self._closeables = await self._build(extra)
-        await _until_up("auth storage", lambda: self._start_all(self._closeables))
+        await until_up("auth storage", lambda: start_all(self._closeables))
 
         if prof == config.EMBEDDED:
             secret = config.local_secret(config.data_dir(extra), "key_secret")
@@ -70,7 +71,7 @@ class AuthComponent(BackendSession):
         tokens = extra.get("tokens") or {}
         policy = TokenPolicy(**{k: v for k, v in tokens.items() if k in TokenPolicy.__dataclass_fields__})
         ring = KeyRing(store, lock, self.clock, secret, policy)
-        await _until_up("signing keys", ring.ensure_current_key)
+        await until_up("signing keys", ring.ensure_current_key)
         await ring.reload()
         ring.check_secret()
 
@@ -103,10 +104,6 @@ class AuthComponent(BackendSession):
         mount(root, b".well-known/jwks.json", JsonResource(lambda: jwks_json(ring), cache_seconds=60))
         log.info("auth component ready ({profile}, key {kid})", profile=prof, kid=ring.current_kid)
 
-    async def _start_all(self, things: list[Any]) -> None:
-        for t in things:
-            await t.start()
-
     async def _rotate(self, ring: KeyRing) -> None:
         try:
             if not await ring.ensure_current_key():
@@ -121,18 +118,3 @@ class AuthComponent(BackendSession):
         for t in getattr(self, "_closeables", []):
             defer.ensureDeferred(t.stop())
         super().onLeave(details)
-
-
-async def _until_up(what: str, fn: Any, max_delay_s: float = 5.0) -> None:
-    """Retry a start-up step while its dependency is unavailable."""
-    from twisted.internet import reactor
-
-    delay = 0.2
-    while True:
-        try:
-            await fn()
-            return
-        except Unavailable as e:
-            log.warn("{what} unavailable ({e}); retrying in {delay:.1f} s", what=what, e=e, delay=delay)
-            await task.deferLater(reactor, delay, lambda: None)
-            delay = min(max_delay_s, delay * 2)

@@ -237,6 +237,12 @@ class AuthService:
     async def list_blocked(self, user_id: str) -> dict[str, Any]:
         return {"user_ids": await self.accounts.list_blocked(user_id)}
 
+    async def existing(self, user_ids: Any) -> dict[str, Any]:
+        """Which of ``user_ids`` are accounts (other components validate references with it)."""
+        ids = domain.validate_user_ids(user_ids, max_items=domain.USER_EXISTING_MAX)
+        accounts = await self.accounts.get_accounts(ids) if ids else []
+        return {"user_ids": [a.user_id for a in accounts]}
+
     async def is_blocked(self, blocker_id: Any, blocked_id: Any) -> dict[str, Any]:
         a = domain.validate_user_id(blocker_id, "blocker_id")
         b = domain.validate_user_id(blocked_id, "blocked_id")

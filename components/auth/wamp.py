@@ -78,9 +78,10 @@ class AuthWamp:
             uris.CONTACTS_REMOVE: self.contacts_remove,
             uris.CONTACTS_LIST: self.contacts_list,
             uris.INTERNAL_USER_BLOCKED: self.is_blocked,
+            uris.INTERNAL_USERS_EXISTING: self.existing,
         }
 
-    backend_only = frozenset({uris.INTERNAL_USER_BLOCKED})
+    backend_only = frozenset({uris.INTERNAL_USER_BLOCKED, uris.INTERNAL_USERS_EXISTING})
 
     async def _session_info(self, caller: Caller) -> dict[str, Any] | None:
         if caller.session_id is None:
@@ -152,6 +153,9 @@ class AuthWamp:
     # -- backend ----------------------------------------------------------------------------
     async def is_blocked(self, caller: Caller, blocker_id: Any, blocked_id: Any) -> Any:
         return await self.service.is_blocked(blocker_id, blocked_id)
+
+    async def existing(self, caller: Caller, user_ids: Any) -> Any:
+        return await self.service.existing(user_ids)
 
     # -- the router's dynamic ticket authenticator ---------------------------------------------
     def authenticator(self, realm: Any, authid: Any, details: Any) -> defer.Deferred[Any]:

@@ -3,6 +3,9 @@ against every adapter: ``adapters/sqlite.py`` (embedded) and ``adapters/cassandr
 (distributed). See ``docs/design/messaging.md``.
 
 Every method is a coroutine; a dependency failure surfaces as ``common.errors.Unavailable``.
+Update ``data`` must be JSON-serializable and comes back as it round-trips through JSON
+(tuples become lists). Adapters that cannot write a change and its updates atomically
+(Cassandra) complete interrupted writes themselves, from ``start()`` and periodically.
 Stores never decide rules (who may do what): the service does, with ``domain``; stores make
 each change and the updates it causes durable together, and allocate ``seq`` and
 ``update_id`` without gaps.
@@ -63,7 +66,7 @@ class ChatStore(Protocol):
     async def get_chat(self, chat_id: str) -> Chat | None: ...
 
     async def update_chat(self, chat: Chat, expected_version: int, updates: list[UpdateDraft]) -> list[Update]:
-        """Replace the chat row (title, owner, members, updated_at) if its stored version is
+        """Replace the chat row (title, owner, members, updated_at: the caller passes "now") if its stored version is
         ``expected_version``, storing it with ``version = expected_version + 1``; members no longer
         in ``chat.members`` lose their receipts row, new members get one at
         ``(chat.last_seq, chat.last_seq)`` (nothing unread from before they joined); plus
@@ -88,7 +91,9 @@ class ChatStore(Protocol):
           ``(seq, seq)``, and append a ``message.new`` update (``data = message.to_dict()``,
           ``at_ms = sent_at_ms``, dedupe key ``msg:<chat_id>:<seq>``) for every member of the
           chat as stored at that moment.
-        Concurrent appends to one chat get distinct, consecutive seqs."""
+        Concurrent appends to one chat get distinct, consecutive seqs. Appending does not bump
+        the chat's ``version`` (only ``update_chat`` does), so messages never make a membership
+        change conflict. The caller checks that the sender is a member."""
         ...
 
     async def get_message(self, chat_id: str, message_id: str) -> Message | None: ...

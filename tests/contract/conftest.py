@@ -126,3 +126,116 @@ async def backend(backend_location: Backend) -> AsyncIterator[Backend]:
 @pytest_twisted.async_fixture
 async def store(backend: Backend) -> Store:
     return await backend.open()
+
+
+# -- chat: the ChatStore contract (tests/contract/test_chat_store.py) -----------------------------------
+# One entry of CHAT_ADAPTERS per adapter; adding one (say Cassandra) is one more line there plus its
+# location factory. The chat imports live here so the section reads on its own.
+from components.chat.ports import ChatStore  # noqa: E402
+
+
+class ChatStoreUnderTest(ChatStore, Protocol):
+    """What the chat contract suite drives: the port plus the lifecycle."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+ChatLocation = Callable[[pytest.FixtureRequest, Path], Callable[[], ChatStoreUnderTest]]
+"""Prepares a fresh, empty location for one test (registering its clean-up with
+``request.addfinalizer``) and answers a maker of (unstarted) store instances on it."""
+
+
+def sqlite_chat_location(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], ChatStoreUnderTest]:
+    from components.chat.adapters.sqlite import SqliteChatStore
+
+    path = tmp_path / "db" / "chat.sqlite3"
+
+    def make() -> ChatStoreUnderTest:
+        return SqliteChatStore(path, reactor)  # also checks, statically, that the adapter fits the port
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def chat_cassandra_keyspace() -> Iterator[tuple[str, int, str]]:
+    """One keyspace for the whole session (creating Cassandra tables takes ~0.6 s); tests stay
+    apart because every test uses fresh random chat and user ids. Dropped at the end."""
+    import os
+    import secrets
+
+    hostport = os.environ.get("MESSENGER_TEST_CASSANDRA")
+    if not hostport:
+        pytest.fail("MESSENGER_TEST_CASSANDRA is not set: start the test servers with `scripts/services.sh up`")
+    host, port = hostport.rsplit(":", 1)
+    keyspace = f"contract_{secrets.token_hex(4)}"
+    yield host, int(port), keyspace
+    from cassandra.cluster import Cluster
+
+    cluster = Cluster([host], port=int(port), connect_timeout=10)
+    try:
+        cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
+    finally:
+        cluster.shutdown()
+
+
+def cassandra_chat_location(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], ChatStoreUnderTest]:
+    from components.chat.adapters.cassandra import CassandraChatStore
+
+    host, port, keyspace = request.getfixturevalue("chat_cassandra_keyspace")
+
+    def make() -> ChatStoreUnderTest:
+        return CassandraChatStore([host], port, keyspace, reactor)
+
+    return make
+
+
+@dataclass(frozen=True)
+class ChatAdapter:
+    location: ChatLocation
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+
+
+CHAT_ADAPTERS: dict[str, ChatAdapter] = {
+    "sqlite": ChatAdapter(sqlite_chat_location),
+    "cassandra": ChatAdapter(cassandra_chat_location, (pytest.mark.cassandra,)),
+}
+
+
+@dataclass
+class ChatBackend:
+    """One chat adapter at one location; ``open()`` starts one more store instance on it."""
+
+    kind: str
+    make: Callable[[], ChatStoreUnderTest]
+    stores: list[ChatStoreUnderTest] = field(default_factory=list)
+
+    async def open(self) -> ChatStoreUnderTest:
+        store = self.make()
+        await store.start()
+        self.stores.append(store)
+        return store
+
+
+@pytest.fixture(params=[pytest.param(kind, id=kind, marks=a.marks) for kind, a in CHAT_ADAPTERS.items()])
+def chat_backend_location(request: pytest.FixtureRequest, tmp_path: Path) -> ChatBackend:
+    """A plain fixture on purpose (see ``backend_location``): set-up that may fail happens here."""
+    kind: str = request.param
+    return ChatBackend(kind, CHAT_ADAPTERS[kind].location(request, tmp_path))
+
+
+@pytest_twisted.async_yield_fixture
+async def chat_backend(chat_backend_location: ChatBackend) -> AsyncIterator[ChatBackend]:
+    """The chat adapter's location; every store opened on it is stopped afterwards."""
+    try:
+        yield chat_backend_location
+    finally:
+        for store in chat_backend_location.stores:
+            await store.stop()
+
+
+@pytest_twisted.async_fixture
+async def chat_store(chat_backend: ChatBackend) -> ChatStoreUnderTest:
+    """A started :class:`ChatStore`, once per adapter in ``CHAT_ADAPTERS``."""
+    return await chat_backend.open()

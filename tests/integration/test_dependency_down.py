@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 
 import pytest
@@ -28,9 +27,9 @@ def pg():
 
 
 @pytest.fixture(scope="module")
-def pg_node(tmp_path_factory, pg, redis_url):
-    env = {"MESSENGER_PG_DSN": pg.dsn, "MESSENGER_REDIS_URL": redis_url, "MESSENGER_KEY_SECRET": secrets.token_hex(16)}
-    node = Node(tmp_path_factory.mktemp("pgdown"), profile="distributed", env=env).start()
+def pg_node(tmp_path_factory, pg, distributed_env):
+    env, extra = distributed_env(pg_dsn=pg.dsn)
+    node = Node(tmp_path_factory.mktemp("pgdown"), profile="distributed", env=env, extra=extra).start()
     yield node
     node.stop()
 

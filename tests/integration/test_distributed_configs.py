@@ -28,14 +28,10 @@ def backend_ticket():
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory, new_pg_database, redis_url, backend_ticket):
-    env = {
-        "MESSENGER_BACKEND_TICKET": backend_ticket,
-        "MESSENGER_PG_DSN": new_pg_database(),
-        "MESSENGER_REDIS_URL": redis_url,
-        "MESSENGER_KEY_SECRET": secrets.token_hex(32),
-    }
-    nodes = SplitNodes(tmp_path_factory.mktemp("split"), env).start()
+def split(tmp_path_factory, distributed_env, backend_ticket):
+    env, extra = distributed_env()
+    env["MESSENGER_BACKEND_TICKET"] = backend_ticket
+    nodes = SplitNodes(tmp_path_factory.mktemp("split"), env, extra).start()
     yield nodes
     nodes.stop()
 

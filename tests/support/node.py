@@ -16,6 +16,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 CROSSBAR = Path(sys.executable).with_name("crossbar")
 SHIPPED_CONFIG = ROOT / ".crossbar" / "config.json"
+READY_MARKERS = ("auth", "chat", "delivery")
 
 # rate limits relaxed so that the suite's many logins from 127.0.0.1 pass; tests of the
 # limits start their own node with tight ones
@@ -24,6 +25,8 @@ RELAXED_LIMITS = {
     "login_per_username": [1000, 60000],
     "register_per_ip": [100000, 60000],
     "refresh_per_ip": [100000, 60000],
+    "send_per_window": 100000,
+    "send_window_ms": 1000,
 }
 
 
@@ -111,7 +114,7 @@ class Node:
         while time.monotonic() < deadline:
             if self._proc.exited():
                 raise RuntimeError(f"crossbar exited; log:\n{self.log_tail()}")
-            if "auth component ready" in self.log_text():
+            if all(f"{c} component ready" in self.log_text() for c in READY_MARKERS):
                 wait_port(self.ws_port, max(1.0, deadline - time.monotonic()))
                 return
             time.sleep(0.1)
@@ -132,9 +135,10 @@ class SplitNodes:
     components process (``python -m common.runner config/distributed/components.json``) joined
     over the ticket-authenticated TCP backend transport."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], extra: dict[str, Any] | None = None) -> None:
         self.workdir = workdir
         self.env = env
+        self.extra = extra or {}
         self.ws_port, self.backend_port = free_port(), free_port()
         self.metrics_port, self.auth_http_port = free_port(), free_port()
         self.router = _Proc(workdir / "router", "router.log")
@@ -161,6 +165,7 @@ class SplitNodes:
         for c in comps["components"]:
             c["extra"]["http"]["port"] = self.auth_http_port
             c["extra"]["limits"] = copy.deepcopy(RELAXED_LIMITS)
+            c["extra"].update(copy.deepcopy(self.extra))
         return router, comps
 
     def start(self, timeout: float = 60.0) -> SplitNodes:
@@ -169,7 +174,7 @@ class SplitNodes:
         wait_port(self.ws_port, timeout)
         self.components.start_runner(comps, self.env)
         deadline = time.monotonic() + timeout
-        while "auth component ready" not in self.components.log_text():
+        while not all(f"{c} component ready" in self.components.log_text() for c in READY_MARKERS):
             if time.monotonic() > deadline or self.components.exited():
                 self.stop()
                 raise RuntimeError(f"components not ready; log:\n{self.components.log_text()[-4000:]}")

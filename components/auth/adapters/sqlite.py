@@ -1,7 +1,7 @@
 """SQLite adapter of :class:`AccountStore` and :class:`KeyStore` (the embedded profile).
 
-One SQLite file, one connection, owned by one dedicated worker thread: every call is
-shipped to that thread with :func:`twisted.internet.threads.deferToThreadPool`, so the
+One SQLite file, one connection, owned by one dedicated worker thread
+(:class:`common.adapters.sqlite.SqliteDatabase`): every call is shipped to that thread, so the
 reactor never blocks on disk I/O and the connection is never shared between threads.
 Writes that must be atomic run inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` on that thread.
 """
@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sqlite3
-import time
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from twisted.internet.interfaces import IReactorFromThreads
-from twisted.internet.threads import deferToThreadPool
-from twisted.python.threadpool import ThreadPool
-
-from common.errors import Conflict, NotFound, Unavailable
+from common.adapters.sqlite import SqliteStore
+from common.errors import Conflict, NotFound
 from components.auth.adapters import rows as rowmap
 from components.auth.domain import (
     Account,
@@ -31,8 +25,6 @@ from components.auth.domain import (
     RotateResult,
     SigningKey,
 )
-
-T = TypeVar("T")
 
 # Ordered, append-only: never edit a script once released, add a new one instead.
 MIGRATIONS: tuple[str, ...] = (
@@ -111,146 +103,31 @@ def _integrity(e: sqlite3.IntegrityError, conflict: str, missing: str = "unknown
     return e
 
 
-class SqliteAccountStore:
+class SqliteAccountStore(SqliteStore):
     """:class:`AccountStore` and :class:`KeyStore` on one SQLite file."""
 
-    def __init__(self, path: str | os.PathLike[str], reactor: IReactorFromThreads | None = None) -> None:
-        self.path = Path(path)
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
-        self._reactor: IReactorFromThreads = reactor
-        self._pool: ThreadPool | None = None
-        self._conn: sqlite3.Connection | None = None  # touched only on the pool's thread
-
-    # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Open the file (creating its directory) and apply pending migrations."""
-        if self._pool is not None:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        pool = ThreadPool(minthreads=1, maxthreads=1, name=f"sqlite:{self.path.name}")
-        pool.start()
-        self._pool = pool
-        try:
-            await self._run(self._open)
-        except BaseException:
-            await self.stop()
-            raise
-
-    async def stop(self) -> None:
-        """Close the connection and stop the worker thread. Safe to call twice."""
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        try:
-            await deferToThreadPool(self._reactor, pool, self._close)
-        finally:
-            pool.stop()
-
-    def _open(self) -> None:
-        conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=5.0)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=5000")
-            self._migrate(conn)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-
-    def _close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version ("
-                " version INTEGER PRIMARY KEY, applied_at_ms INTEGER NOT NULL)"
-            )
-            current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
-            for version, script in enumerate(MIGRATIONS, start=1):
-                if version <= current:
-                    continue
-                # executescript() would COMMIT first; run the statements one by one instead.
-                for statement in _split_sql(script):
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_version (version, applied_at_ms) VALUES (?, ?)",
-                    (version, time.time_ns() // 1_000_000),
-                )
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    # -- plumbing --------------------------------------------------------------------------
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the database thread; SQLite operational errors become ``Unavailable``."""
-        pool = self._pool
-        if pool is None:
-            raise Unavailable("sqlite store is not started")
-        try:
-            return await deferToThreadPool(self._reactor, pool, fn, *args)
-        except (sqlite3.IntegrityError, sqlite3.ProgrammingError):
-            raise  # a bug or an unmapped constraint: not the dependency's fault
-        except sqlite3.Error as e:
-            raise Unavailable(f"sqlite is unavailable: {e}") from e
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise sqlite3.OperationalError("connection is closed")
-        return self._conn
-
-    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """On the database thread: ``fn`` inside one ``BEGIN IMMEDIATE`` transaction."""
-        conn = self._db()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
-
-    def _query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[Any]:
-        return self._db().execute(sql, params).fetchall()
-
-    def _change(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return self._db().execute(sql, params).rowcount
+    migrations = MIGRATIONS
 
     # -- accounts --------------------------------------------------------------------------
     async def create_account(self, account: Account) -> None:
-        def insert() -> None:
+        def insert(conn: sqlite3.Connection) -> None:
             try:
-                self._db().execute(
+                conn.execute(
                     f"INSERT INTO accounts ({rowmap.ACCOUNT_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     rowmap.account_insert_values(account),
                 )
             except sqlite3.IntegrityError as e:
                 raise _integrity(e, "username is taken") from e
 
-        await self._run(insert)
+        await self._db.autocommit(insert)
 
     async def get_account(self, user_id: str) -> Account | None:
-        rows = await self._run(
-            self._query, f"SELECT {rowmap.ACCOUNT_COLUMNS} FROM accounts WHERE user_id = ?", (user_id,)
-        )
+        rows = await self._db.query(f"SELECT {rowmap.ACCOUNT_COLUMNS} FROM accounts WHERE user_id = ?", (user_id,))
         return rowmap.account(rows[0]) if rows else None
 
     async def get_account_by_username(self, username: str) -> Account | None:
-        rows = await self._run(
-            self._query, f"SELECT {rowmap.ACCOUNT_COLUMNS} FROM accounts WHERE username = ?", (username.lower(),)
+        rows = await self._db.query(
+            f"SELECT {rowmap.ACCOUNT_COLUMNS} FROM accounts WHERE username = ?", (username.lower(),)
         )
         return rowmap.account(rows[0]) if rows else None
 
@@ -259,19 +136,19 @@ class SqliteAccountStore:
         if not ids:
             return []
 
-        def select() -> dict[str, Account]:
+        def select(conn: sqlite3.Connection) -> dict[str, Account]:
             found: dict[str, Account] = {}
             unique = list(dict.fromkeys(ids))
             for i in range(0, len(unique), _IN_CHUNK):
                 chunk = unique[i : i + _IN_CHUNK]
                 marks = ", ".join("?" * len(chunk))
-                for row in self._query(
+                for row in conn.execute(
                     f"SELECT {rowmap.ACCOUNT_COLUMNS} FROM accounts WHERE user_id IN ({marks})", chunk
-                ):
+                ).fetchall():
                     found[row[0]] = rowmap.account(row)
             return found
 
-        found = await self._run(select)
+        found = await self._db.autocommit(select)
         return [found[uid] for uid in ids if uid in found]
 
     async def update_profile(self, user_id: str, fields: Mapping[str, Any], now_ms: int) -> Account | None:
@@ -288,7 +165,7 @@ class SqliteAccountStore:
             ).fetchone()
             return rowmap.account(row)
 
-        return await self._run(self._tx, update)
+        return await self._db.write(update)
 
     async def search_accounts(self, prefix: str, limit: int) -> list[Account]:
         if limit <= 0:
@@ -296,8 +173,7 @@ class SqliteAccountStore:
         p = prefix.lower()
         # LIKE decides; the range (code-point order, like the BINARY collation) lets SQLite use
         # the indexes, which it will not do for a case-insensitive LIKE on BINARY columns.
-        rows = await self._run(
-            self._query,
+        rows = await self._db.query(
             f"SELECT {rowmap.ACCOUNT_COLUMNS} FROM accounts"
             " WHERE (username >= :lo AND username < :hi AND username LIKE :p ESCAPE '\\')"
             " OR (display_name_lower >= :lo AND display_name_lower < :hi AND display_name_lower LIKE :p ESCAPE '\\')"
@@ -325,7 +201,7 @@ class SqliteAccountStore:
             except sqlite3.IntegrityError as e:
                 raise _integrity(e, "device or token already exists") from e
 
-        await self._run(self._tx, insert)
+        await self._db.write(insert)
 
     @staticmethod
     def _insert_token(conn: sqlite3.Connection, token: RefreshToken, device_id: str, user_id: str) -> None:
@@ -336,9 +212,7 @@ class SqliteAccountStore:
         )
 
     async def get_device(self, device_id: str) -> Device | None:
-        rows = await self._run(
-            self._query, f"SELECT {rowmap.DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,)
-        )
+        rows = await self._db.query(f"SELECT {rowmap.DEVICE_COLUMNS} FROM devices WHERE device_id = ?", (device_id,))
         return rowmap.device(rows[0]) if rows else None
 
     async def rotate_refresh_token(self, old_hash: str, new: RefreshToken, now_ms: int) -> RotateResult:
@@ -375,7 +249,7 @@ class SqliteAccountStore:
             conn.execute("UPDATE devices SET last_used_at_ms = ? WHERE device_id = ?", (now_ms, device_id))
             return RotateResult(RotateOutcome.OK, dataclasses.replace(device, last_used_at_ms=now_ms))
 
-        return await self._run(self._tx, rotate)
+        return await self._db.write(rotate)
 
     @staticmethod
     def _revoke(conn: sqlite3.Connection, device_id: str, now_ms: int) -> None:
@@ -393,33 +267,30 @@ class SqliteAccountStore:
             self._revoke(conn, device_id, now_ms)
             return True
 
-        return await self._run(self._tx, revoke)
+        return await self._db.write(revoke)
 
     # -- contacts and blocks --------------------------------------------------------------------
     async def _insert_pair(self, table: str, a: str, b: str, a_id: str, b_id: str, now_ms: int) -> None:
-        def insert() -> None:
+        def insert(conn: sqlite3.Connection) -> None:
             try:
-                self._db().execute(
+                conn.execute(
                     f"INSERT INTO {table} ({a}, {b}, created_at_ms) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
                     (a_id, b_id, now_ms),
                 )
             except sqlite3.IntegrityError as e:
                 raise _integrity(e, "already exists") from e
 
-        await self._run(insert)
+        await self._db.autocommit(insert)
 
     async def add_contact(self, owner_id: str, contact_id: str, now_ms: int) -> None:
         await self._insert_pair("contacts", "owner_id", "contact_id", owner_id, contact_id, now_ms)
 
     async def remove_contact(self, owner_id: str, contact_id: str) -> None:
-        await self._run(
-            self._change, "DELETE FROM contacts WHERE owner_id = ? AND contact_id = ?", (owner_id, contact_id)
-        )
+        await self._db.change("DELETE FROM contacts WHERE owner_id = ? AND contact_id = ?", (owner_id, contact_id))
 
     async def list_contacts(self, owner_id: str) -> list[Account]:
         columns = ", ".join(f"a.{c.strip()}" for c in rowmap.ACCOUNT_COLUMNS.split(","))
-        rows = await self._run(
-            self._query,
+        rows = await self._db.query(
             f"SELECT {columns} FROM contacts c JOIN accounts a ON a.user_id = c.contact_id"
             " WHERE c.owner_id = ? ORDER BY a.username",
             (owner_id,),
@@ -427,34 +298,32 @@ class SqliteAccountStore:
         return [rowmap.account(r) for r in rows]
 
     async def count_contacts(self, owner_id: str) -> int:
-        rows = await self._run(self._query, "SELECT count(*) FROM contacts WHERE owner_id = ?", (owner_id,))
+        rows = await self._db.query("SELECT count(*) FROM contacts WHERE owner_id = ?", (owner_id,))
         return int(rows[0][0])
 
     async def block(self, blocker_id: str, blocked_id: str, now_ms: int) -> None:
         await self._insert_pair("blocks", "blocker_id", "blocked_id", blocker_id, blocked_id, now_ms)
 
     async def unblock(self, blocker_id: str, blocked_id: str) -> None:
-        await self._run(
-            self._change, "DELETE FROM blocks WHERE blocker_id = ? AND blocked_id = ?", (blocker_id, blocked_id)
-        )
+        await self._db.change("DELETE FROM blocks WHERE blocker_id = ? AND blocked_id = ?", (blocker_id, blocked_id))
 
     async def is_blocked(self, blocker_id: str, blocked_id: str) -> bool:
-        rows = await self._run(
-            self._query, "SELECT 1 FROM blocks WHERE blocker_id = ? AND blocked_id = ?", (blocker_id, blocked_id)
+        rows = await self._db.query(
+            "SELECT 1 FROM blocks WHERE blocker_id = ? AND blocked_id = ?", (blocker_id, blocked_id)
         )
         return bool(rows)
 
     async def list_blocked(self, blocker_id: str) -> list[str]:
-        rows = await self._run(
-            self._query, "SELECT blocked_id FROM blocks WHERE blocker_id = ? ORDER BY blocked_id", (blocker_id,)
+        rows = await self._db.query(
+            "SELECT blocked_id FROM blocks WHERE blocker_id = ? ORDER BY blocked_id", (blocker_id,)
         )
         return [r[0] for r in rows]
 
     # -- signing keys -----------------------------------------------------------------------------
     async def add_signing_key(self, key: SigningKey) -> None:
-        def insert() -> None:
+        def insert(conn: sqlite3.Connection) -> None:
             try:
-                self._db().execute(
+                conn.execute(
                     f"INSERT INTO signing_keys ({rowmap.KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?)",
                     (
                         key.kid,
@@ -467,11 +336,10 @@ class SqliteAccountStore:
             except sqlite3.IntegrityError as e:
                 raise _integrity(e, f"signing key {key.kid!r} already exists") from e
 
-        await self._run(insert)
+        await self._db.autocommit(insert)
 
     async def list_signing_keys(self, created_after_ms: int) -> list[SigningKey]:
-        rows = await self._run(
-            self._query,
+        rows = await self._db.query(
             f"SELECT {rowmap.KEY_COLUMNS} FROM signing_keys WHERE created_at_ms > ?"
             " ORDER BY created_at_ms DESC, kid DESC",
             (created_after_ms,),
@@ -479,9 +347,4 @@ class SqliteAccountStore:
         return [rowmap.signing_key(r) for r in rows]
 
     async def delete_signing_keys(self, created_before_ms: int) -> int:
-        return await self._run(self._change, "DELETE FROM signing_keys WHERE created_at_ms < ?", (created_before_ms,))
-
-
-def _split_sql(script: str) -> list[str]:
-    """Statements of a migration script (no ``;`` inside literals or triggers in our scripts)."""
-    return [s.strip() for s in script.split(";") if s.strip()]
+        return await self._db.change("DELETE FROM signing_keys WHERE created_at_ms < ?", (created_before_ms,))

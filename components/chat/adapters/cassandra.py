@@ -1,0 +1,1573 @@
+"""Apache Cassandra adapter of :class:`ChatStore` (the distributed profile).
+
+See ``docs/design/messaging.md`` for the table plan. Everything here follows the port's
+docstrings; this page explains how that is done without transactions.
+
+Driving the driver
+------------------
+Every statement is prepared at :meth:`CassandraChatStore.start` and run with
+``session.execute_async``; the driver's ``ResponseFuture`` becomes a Twisted ``Deferred`` in
+:func:`_as_deferred` (the driver calls back on its own event-loop thread, libev or asyncore,
+whichever it picks; results are handed to the reactor with ``reactor.callFromThread``). The
+driver's blocking calls (connecting, preparing, shutting down) run in the reactor's thread
+pool, never on the reactor. Reads and writes use ``LOCAL_QUORUM``; lightweight transactions
+(LWT) use ``SERIAL`` (or ``LOCAL_SERIAL``, see ``serial_consistency``) and so do the reads
+that must see a transaction in progress. Each statement runs under
+``CircuitBreaker("cassandra", reactor)``: reads and plain writes (idempotent in Cassandra)
+are retried, LWTs are not. An LWT whose outcome is unknown (``WriteTimeout`` of type CAS) is
+resolved by reading the row at ``SERIAL``, which also completes the transaction if it was
+accepted; every LWT here writes something that identifies its writer (a claim token, an op
+id, a message id) so the read tells whether it was ours.
+
+Allocation without gaps
+-----------------------
+- ``seq``: ``UPDATE chats SET last_seq = n+1, last_message = <the new message> ... IF
+  last_seq = n AND members = <members as read>``; on contention the answer carries the new
+  ``last_seq`` and ``members`` and the loop tries again. The condition on ``members`` makes
+  the fan-out list exactly "the members as stored at that moment".
+- ``update_id``: ``INSERT INTO user_updates ... IF NOT EXISTS`` at the user's next id; the
+  row *is* the allocation. On not-applied the id is taken: read the tail and try after it.
+  ``user_state.last_update_id`` is a hint written with ``USING TIMESTAMP <update_id>`` (so
+  the highest id wins whatever the order of the writes); the exact last id is the hint's
+  bucket read from its tail upward (ids have no gaps, so a full bucket means "look in the
+  next one").
+- Inside one process, allocations for one chat (and for one user) queue on a local lock, so
+  the LWTs of one process never compete with each other; processes compete through Paxos.
+
+Claims: idempotency and dedupe
+------------------------------
+Two tables hold claims written with ``INSERT ... IF NOT EXISTS`` *before* anything is
+allocated: ``messages_by_client_id`` (sender, client_msg_id) for ``append_message`` and
+``user_update_keys`` (user, dedupe_key) for every stored update (updates without a
+``dedupe_key`` get ``~op:<op_id>:<index>``, so a recovered operation never stores them
+twice). A claim holds a random token, the time it was taken and what is needed to finish the
+work (the message draft; the lowest id the update can have). When the work is done, the
+claim gets its result (``seq`` / ``update_id``).
+
+A second caller that meets a claim without result waits a moment for it (a concurrent
+retry), then answers ``Unavailable``. A claim older than ``grace_s`` is stale: its owner is
+gone, because an owner never starts an allocation more than ``grace_s / 3`` after taking its
+claim. A stale claim is first checked (did the owner allocate before dying? the chat's
+``last_message`` or the claim's ``seq``; the user's updates from the claim's lower bound on,
+looking for the key), then taken over with ``UPDATE ... IF claim = <old token>`` and
+finished.
+
+Recoverable writes
+------------------
+Cassandra has no transaction across rows, so each change is made recoverable instead:
+
+1. ``pending_ops (shard, op_id)`` gets a row describing the operation (kind and a JSON body:
+   the drafts of its updates, the members added and removed, ...) before anything else;
+2. the one row that decides the change is written with an LWT (the chat, the message, the
+   receipts row; for ``append_message`` the ``seq`` allocation). Chats, messages and
+   receipts rows keep the ids of their last 32 operations (``recent_ops``), so the recovery
+   can tell whether the deciding write happened;
+3. the consequences follow, each idempotent: receipts rows of members added and removed
+   (guarded by the chat version they joined at), the chat's ``last_message``, the updates
+   (dedupe keys);
+4. the pending row is deleted.
+
+:meth:`CassandraChatStore.recover` (run at start and every ``recovery_interval_s``) finishes
+every pending operation older than ``grace_s``: if the deciding write happened it redoes step
+3, else it drops the row. For ``append_message`` the steps are: claim ``(sender,
+client_msg_id)``; allocate ``seq``; record the ``seq`` in the claim and the
+``messages_by_id`` index; write the message row (``IF NOT EXISTS``, ``fanout_done = false``,
+with the member list of the fan-out); fan out ``message.new`` (key ``msg:<chat_id>:<seq>``);
+move the sender's receipts; set ``fanout_done``; delete the pending row. The chat's
+``last_message`` holds the whole new message, so a message whose writer died right after
+the allocation is never lost: whoever allocates the next ``seq`` (or changes the members)
+first makes sure the row of the current ``last_seq`` exists and writes it from
+``last_message`` if not. Hence "row n exists" implies "rows 1..n-1 exist" and "claim of n has
+its ``seq``".
+
+Limits: the ``pending_ops`` partitions (16 shards) collect tombstones; the table has a short
+``gc_grace_seconds`` (a row that comes back is harmless: recovery is idempotent). Clocks of
+the nodes running this adapter must agree within a few seconds (claims go stale by time).
+Several instances may start at once: each migration is claimed with an LWT and its
+statements are ``IF NOT EXISTS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+from cassandra import ConsistencyLevel, WriteTimeout, WriteType
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
+from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
+from cassandra.protocol import ErrorMessage
+from cassandra.query import SimpleStatement, dict_factory
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+
+from common.errors import Conflict, MessengerError, NotFound, Unavailable
+from common.resilience import CLOSED, CircuitBreaker
+from components.chat.domain import (
+    BUCKET_SIZE,
+    MESSAGE_NEW,
+    Chat,
+    Member,
+    Message,
+    Receipts,
+    Update,
+    buckets_between,
+)
+from components.chat.ports import Appended, MessageDraft, UpdateDraft
+
+T = TypeVar("T")
+Row = dict[str, Any]
+log = Logger()
+
+CAS_WRITE_UNKNOWN = 0x1700  # protocol v5 error: the LWT may or may not have been applied (no driver class for it)
+KEYSPACE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
+SHARDS = 16  # partitions of pending_ops
+RECENT_OPS = 32  # op ids kept on a chat, message or receipts row
+DEFAULT_REPLICATION: dict[str, Any] = {"class": "SimpleStrategy", "replication_factor": 1}
+
+# Ordered, append-only: never edit a migration once released, add a new one. ``{ks}`` is the keyspace.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE IF NOT EXISTS {ks}.chats (
+            chat_id text PRIMARY KEY, chat_type text, title text, owner_id text, members text,
+            created_at_ms bigint, updated_at_ms bigint, last_seq bigint, last_message text,
+            version int, recent_ops text)""",
+        """CREATE TABLE IF NOT EXISTS {ks}.messages (
+            chat_id text, bucket bigint, seq bigint, message_id text, sender_id text, client_msg_id text,
+            body text, reply_to bigint, media list<text>, sent_at_ms bigint, edited_at_ms bigint,
+            deleted boolean, reactions text, version int, fanout_to text, fanout_done boolean, recent_ops text,
+            PRIMARY KEY ((chat_id, bucket), seq)) WITH CLUSTERING ORDER BY (seq DESC)""",
+        """CREATE TABLE IF NOT EXISTS {ks}.messages_by_id (
+            chat_id text, message_id text, seq bigint, PRIMARY KEY ((chat_id, message_id)))""",
+        """CREATE TABLE IF NOT EXISTS {ks}.messages_by_client_id (
+            sender_id text, client_msg_id text, chat_id text, message_id text, seq bigint, draft text,
+            claim text, claimed_at_ms bigint, PRIMARY KEY ((sender_id, client_msg_id)))""",
+        """CREATE TABLE IF NOT EXISTS {ks}.user_updates (
+            user_id text, bucket bigint, update_id bigint, update_type text, chat_id text, at_ms bigint,
+            data text, dedupe_key text, claim text,
+            PRIMARY KEY ((user_id, bucket), update_id)) WITH CLUSTERING ORDER BY (update_id ASC)""",
+        """CREATE TABLE IF NOT EXISTS {ks}.user_update_keys (
+            user_id text, dedupe_key text, update_id bigint, claim text, claimed_at_ms bigint, lo bigint,
+            PRIMARY KEY ((user_id, dedupe_key))) WITH default_time_to_live = 2592000""",
+        """CREATE TABLE IF NOT EXISTS {ks}.user_chats (
+            user_id text, chat_id text, last_delivered_seq bigint, last_read_seq bigint, joined_at_ms bigint,
+            joined_version int, recent_ops text, PRIMARY KEY (user_id, chat_id))""",
+        """CREATE TABLE IF NOT EXISTS {ks}.user_state (user_id text PRIMARY KEY, last_update_id bigint)""",
+        """CREATE TABLE IF NOT EXISTS {ks}.pending_ops (
+            shard int, op_id text, kind text, created_at_ms bigint, body text,
+            PRIMARY KEY (shard, op_id)) WITH gc_grace_seconds = 3600""",
+    ),
+)
+
+_MESSAGE_COLUMNS = (
+    "chat_id, bucket, seq, message_id, sender_id, client_msg_id, body, reply_to, media, sent_at_ms,"
+    " edited_at_ms, deleted, reactions, version, fanout_to, fanout_done"
+)
+
+STATEMENTS: dict[str, str] = {
+    # chats
+    "chat_get": "SELECT * FROM {ks}.chats WHERE chat_id = ?",
+    "chat_insert": "INSERT INTO {ks}.chats (chat_id, chat_type, title, owner_id, members, created_at_ms,"
+    " updated_at_ms, last_seq, last_message, version, recent_ops) VALUES (?, ?, ?, ?, ?, ?, ?, 0, null, 1, ?)"
+    " IF NOT EXISTS",
+    "chat_alloc": "UPDATE {ks}.chats SET last_seq = ?, last_message = ?, updated_at_ms = ? WHERE chat_id = ?"
+    " IF last_seq = ? AND members = ?",
+    "chat_update": "UPDATE {ks}.chats SET title = ?, owner_id = ?, members = ?, updated_at_ms = ?, version = ?,"
+    " recent_ops = ? WHERE chat_id = ? IF version = ? AND last_seq = ? AND recent_ops = ?",
+    "chat_last_message": "UPDATE {ks}.chats SET last_message = ? WHERE chat_id = ?"
+    " IF last_seq = ? AND last_message = ?",
+    # messages
+    "msg_get": "SELECT * FROM {ks}.messages WHERE chat_id = ? AND bucket = ? AND seq = ?",
+    "msg_range": "SELECT * FROM {ks}.messages WHERE chat_id = ? AND bucket = ? AND seq >= ? AND seq <= ?",
+    "msg_insert": f"INSERT INTO {{ks}}.messages ({_MESSAGE_COLUMNS}) VALUES"
+    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, false) IF NOT EXISTS",
+    "msg_update": "UPDATE {ks}.messages SET body = ?, media = ?, reactions = ?, edited_at_ms = ?, deleted = ?,"
+    " version = ?, recent_ops = ? WHERE chat_id = ? AND bucket = ? AND seq = ? IF version = ?",
+    "msg_fanout_done": "UPDATE {ks}.messages SET fanout_done = true WHERE chat_id = ? AND bucket = ? AND seq = ?",
+    "by_id_insert": "INSERT INTO {ks}.messages_by_id (chat_id, message_id, seq) VALUES (?, ?, ?)",
+    "by_id_get": "SELECT seq FROM {ks}.messages_by_id WHERE chat_id = ? AND message_id = ?",
+    # idempotency of append_message
+    "res_claim": "INSERT INTO {ks}.messages_by_client_id (sender_id, client_msg_id, chat_id, message_id, draft,"
+    " claim, claimed_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+    "res_get": "SELECT * FROM {ks}.messages_by_client_id WHERE sender_id = ? AND client_msg_id = ?",
+    "res_set_seq": "UPDATE {ks}.messages_by_client_id SET seq = ? WHERE sender_id = ? AND client_msg_id = ?",
+    "res_takeover": "UPDATE {ks}.messages_by_client_id SET claim = ?, claimed_at_ms = ?"
+    " WHERE sender_id = ? AND client_msg_id = ? IF claim = ?",
+    "res_release": "DELETE FROM {ks}.messages_by_client_id WHERE sender_id = ? AND client_msg_id = ? IF claim = ?",
+    # update stream
+    "upd_insert": "INSERT INTO {ks}.user_updates (user_id, bucket, update_id, update_type, chat_id, at_ms, data,"
+    " dedupe_key, claim) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+    "upd_get": "SELECT * FROM {ks}.user_updates WHERE user_id = ? AND bucket = ? AND update_id = ?",
+    "upd_range": "SELECT * FROM {ks}.user_updates WHERE user_id = ? AND bucket = ? AND update_id >= ?"
+    " AND update_id <= ?",
+    "upd_tail": "SELECT update_id FROM {ks}.user_updates WHERE user_id = ? AND bucket = ?"
+    " ORDER BY update_id DESC LIMIT 1",
+    "upd_keys_from": "SELECT update_id, dedupe_key FROM {ks}.user_updates WHERE user_id = ? AND bucket = ?"
+    " AND update_id >= ?",
+    "key_claim": "INSERT INTO {ks}.user_update_keys (user_id, dedupe_key, claim, claimed_at_ms, lo)"
+    " VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
+    "key_get": "SELECT * FROM {ks}.user_update_keys WHERE user_id = ? AND dedupe_key = ?",
+    "key_set": "UPDATE {ks}.user_update_keys SET update_id = ? WHERE user_id = ? AND dedupe_key = ?",
+    "key_takeover": "UPDATE {ks}.user_update_keys SET claim = ?, claimed_at_ms = ?, lo = ?"
+    " WHERE user_id = ? AND dedupe_key = ? IF claim = ?",
+    "state_get": "SELECT last_update_id FROM {ks}.user_state WHERE user_id = ?",
+    "state_set": "UPDATE {ks}.user_state USING TIMESTAMP ? SET last_update_id = ? WHERE user_id = ?",
+    # memberships and receipts
+    "uc_get": "SELECT * FROM {ks}.user_chats WHERE user_id = ? AND chat_id = ?",
+    "uc_list": "SELECT chat_id, last_delivered_seq, last_read_seq FROM {ks}.user_chats WHERE user_id = ?",
+    "uc_insert": "INSERT INTO {ks}.user_chats (user_id, chat_id, last_delivered_seq, last_read_seq, joined_at_ms,"
+    " joined_version) VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS",
+    "uc_rejoin": "UPDATE {ks}.user_chats SET last_delivered_seq = ?, last_read_seq = ?, joined_at_ms = ?,"
+    " joined_version = ?, recent_ops = null WHERE user_id = ? AND chat_id = ? IF joined_version = ?",
+    "uc_delete": "DELETE FROM {ks}.user_chats WHERE user_id = ? AND chat_id = ? IF joined_version < ?",
+    "uc_cas": "UPDATE {ks}.user_chats SET last_delivered_seq = ?, last_read_seq = ?, recent_ops = ?"
+    " WHERE user_id = ? AND chat_id = ? IF last_delivered_seq = ? AND last_read_seq = ? AND recent_ops = ?",
+    "uc_bump": "UPDATE {ks}.user_chats SET last_delivered_seq = ?, last_read_seq = ? WHERE user_id = ?"
+    " AND chat_id = ? IF last_read_seq < ? AND last_delivered_seq <= ?",
+    "uc_bump_read": "UPDATE {ks}.user_chats SET last_read_seq = ? WHERE user_id = ? AND chat_id = ?"
+    " IF last_read_seq < ?",
+    # recovery
+    "pend_insert": "INSERT INTO {ks}.pending_ops (shard, op_id, kind, created_at_ms, body) VALUES (?, ?, ?, ?, ?)",
+    "pend_delete": "DELETE FROM {ks}.pending_ops WHERE shard = ? AND op_id = ?",
+    "pend_scan": "SELECT * FROM {ks}.pending_ops WHERE shard = ? LIMIT ?",
+}
+
+# pending operation kinds
+APPEND, CREATE_CHAT, UPDATE_CHAT, UPDATE_MESSAGE, SET_RECEIPTS, APPEND_UPDATES = (
+    "append",
+    "create_chat",
+    "update_chat",
+    "update_message",
+    "set_receipts",
+    "append_updates",
+)
+
+
+class SimulatedCrash(Exception):
+    """Raised at a crash point named in :attr:`CassandraChatStore.crash_points` (tests only)."""
+
+
+@dataclass(frozen=True)
+class _Lwt:
+    """Outcome of one LWT: ``applied`` is None when unknown (resolve by a SERIAL read);
+    ``row`` holds the current values the server sent back when not applied (None: no row)."""
+
+    applied: bool | None
+    row: Row | None
+
+
+@dataclass(frozen=True)
+class _Owned:
+    """This call holds the claim of ``(sender, client_msg_id)`` and allocates for ``draft``."""
+
+    draft: MessageDraft
+    claimed_at_ms: int
+    resumed: bool  # taken over from a writer that died: it may have allocated already
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    """The claim has its result already."""
+
+    chat_id: str
+    seq: int
+
+
+# -- plumbing ------------------------------------------------------------------------------------
+def _as_deferred(reactor: Any, future: Any) -> defer.Deferred[list[Row]]:
+    """The rows of a driver ``ResponseFuture`` (every page), delivered on the reactor thread."""
+    d: defer.Deferred[list[Row]] = defer.Deferred()
+    rows: list[Row] = []
+
+    def settle(result: list[Row] | None, error: BaseException | None) -> None:
+        if d.called:  # cancelled by a timeout meanwhile
+            return
+        if error is not None:
+            d.errback(error)
+        else:
+            d.callback(result or [])
+
+    def ok(page: Any) -> None:  # a driver thread
+        try:
+            if page:
+                rows.extend(page)
+            if future.has_more_pages:
+                future.start_fetching_next_page()
+                return
+        except BaseException as e:
+            reactor.callFromThread(settle, None, e)
+            return
+        reactor.callFromThread(settle, rows, None)
+
+    def fail(error: BaseException) -> None:  # a driver thread
+        reactor.callFromThread(settle, None, error)
+
+    future.add_callbacks(ok, fail)
+    return d
+
+
+class _KeyedLocks:
+    """One ``DeferredLock`` per key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[defer.DeferredLock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (defer.DeferredLock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            await lock.acquire()
+            try:
+                yield
+            finally:
+                lock.release()
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _token() -> str:
+    return uuid.uuid4().hex
+
+
+def _recent_push(text: str | None, op_id: str, info: Any = None) -> str:
+    ops: list[Any] = json.loads(text) if text else []
+    ops.append([op_id, info])
+    return _dumps(ops[-RECENT_OPS:])
+
+
+def _recent_find(text: str | None, op_id: str) -> tuple[bool, Any]:
+    for entry in json.loads(text) if text else []:
+        if entry[0] == op_id:
+            return True, entry[1]
+    return False, None
+
+
+def _members_json(members: Iterable[Member]) -> str:
+    return _dumps([[m.user_id, m.joined_at_ms] for m in members])
+
+
+def _members_of(text: str | None) -> tuple[Member, ...]:
+    return tuple(Member(u, int(at)) for u, at in (json.loads(text) if text else []))
+
+
+def _chat_of(row: Row) -> Chat:
+    return Chat(
+        chat_id=row["chat_id"],
+        type=row["chat_type"],
+        title=row["title"],
+        owner_id=row["owner_id"],
+        members=_members_of(row["members"]),
+        created_at_ms=row["created_at_ms"],
+        updated_at_ms=row["updated_at_ms"],
+        last_seq=row["last_seq"] or 0,
+        last_message=json.loads(row["last_message"]) if row["last_message"] else None,
+        version=row["version"],
+    )
+
+
+def _reactions_json(reactions: Mapping[str, Sequence[str]]) -> str:
+    return _dumps({emoji: list(users) for emoji, users in reactions.items()})
+
+
+def _message_of(row: Row) -> Message:
+    reactions = json.loads(row["reactions"]) if row["reactions"] else {}
+    return Message(
+        message_id=row["message_id"],
+        chat_id=row["chat_id"],
+        seq=row["seq"],
+        sender_id=row["sender_id"],
+        client_msg_id=row["client_msg_id"],
+        text=row["body"],
+        sent_at_ms=row["sent_at_ms"],
+        reply_to=row["reply_to"],
+        media=tuple(row["media"] or ()),
+        edited_at_ms=row["edited_at_ms"],
+        deleted=bool(row["deleted"]),
+        reactions={emoji: tuple(users) for emoji, users in reactions.items()},
+        version=row["version"],
+    )
+
+
+def _message_from_dict(d: Mapping[str, Any]) -> Message:
+    """The inverse of ``Message.to_dict()`` for a message as first stored (version 1)."""
+    return Message(
+        message_id=d["message_id"],
+        chat_id=d["chat_id"],
+        seq=d["seq"],
+        sender_id=d["sender_id"],
+        client_msg_id=d["client_msg_id"],
+        text=d["text"],
+        sent_at_ms=d["sent_at"],
+        reply_to=d["reply_to"],
+        media=tuple(d["media"]),
+        edited_at_ms=d["edited_at"],
+        deleted=d["deleted"],
+        reactions={emoji: tuple(users) for emoji, users in d["reactions"].items()},
+    )
+
+
+def _message_draft_json(d: MessageDraft) -> str:
+    return _dumps({**dataclasses.asdict(d), "media": list(d.media)})
+
+
+def _message_draft_of(text: str) -> MessageDraft:
+    d = json.loads(text)
+    return MessageDraft(**{**d, "media": tuple(d["media"])})
+
+
+def _new_message(d: MessageDraft, seq: int) -> Message:
+    return Message(
+        message_id=d.message_id,
+        chat_id=d.chat_id,
+        seq=seq,
+        sender_id=d.sender_id,
+        client_msg_id=d.client_msg_id,
+        text=d.text,
+        sent_at_ms=d.sent_at_ms,
+        reply_to=d.reply_to,
+        media=d.media,
+    )
+
+
+def _update_draft_json(d: UpdateDraft) -> dict[str, Any]:
+    return dataclasses.asdict(d)
+
+
+def _update_draft_of(d: Mapping[str, Any]) -> UpdateDraft:
+    return UpdateDraft(**d)
+
+
+def _update_of(row: Row) -> Update:
+    return Update(
+        user_id=row["user_id"],
+        update_id=row["update_id"],
+        type=row["update_type"],
+        chat_id=row["chat_id"],
+        at_ms=row["at_ms"],
+        data=json.loads(row["data"]),
+    )
+
+
+def _replication_cql(replication: Mapping[str, Any]) -> str:
+    def lit(v: Any) -> str:
+        return "'" + str(v).replace("'", "''") + "'"
+
+    return "{" + ", ".join(f"{lit(k)}: {lit(v)}" for k, v in replication.items()) + "}"
+
+
+# -- the store -----------------------------------------------------------------------------------
+class CassandraChatStore:
+    """:class:`ChatStore` on Cassandra; see the module docstring.
+
+    ``replication``: of the keyspace when it is created (default ``SimpleStrategy``, RF 1).
+    ``bucket_size``: messages / updates per partition (tests use a small one).
+    ``grace_s``: age after which a pending operation or an unfinished claim belongs to the
+    recovery (its writer stopped at ``grace_s / 3``). ``recovery_interval_s``: period of the
+    background sweep (None: only at start).
+    """
+
+    crash_points: set[str]
+    """Test hook: raise :class:`SimulatedCrash` at these named points (``append.allocated``,
+    ``append.stored``, ``update.allocated``, ``op.applied``) to simulate a process that dies."""
+
+    def __init__(
+        self,
+        hosts: list[str],
+        port: int,
+        keyspace: str,
+        reactor: Any,
+        *,
+        replication: dict[str, Any] | None = None,
+        bucket_size: int = BUCKET_SIZE,
+        serial_consistency: str = "SERIAL",
+        local_dc: str | None = None,
+        grace_s: float = 15.0,
+        recovery_interval_s: float | None = 5.0,
+        protocol_version: int = 5,
+        connect_timeout_s: float = 3.0,
+        request_timeout_s: float = 2.8,
+        claim_wait_s: float = 2.0,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        if not KEYSPACE_RE.match(keyspace):
+            raise ValueError(f"not a plain keyspace name: {keyspace!r}")
+        if bucket_size < 2:
+            raise ValueError("bucket_size must be at least 2")
+        if serial_consistency not in ("SERIAL", "LOCAL_SERIAL"):
+            raise ValueError("serial_consistency is SERIAL or LOCAL_SERIAL")
+        self.hosts = list(hosts)
+        self.port = port
+        self.keyspace = keyspace
+        self._reactor = reactor
+        self._replication = dict(replication or DEFAULT_REPLICATION)
+        self._bucket_size = bucket_size
+        self._serial = getattr(ConsistencyLevel, serial_consistency)
+        self._local_dc = local_dc
+        self._grace_ms = int(grace_s * 1000)
+        self._recovery_interval_s = recovery_interval_s
+        self._protocol_version = protocol_version
+        self._connect_timeout_s = connect_timeout_s
+        self._request_timeout_s = request_timeout_s
+        self._claim_wait_s = claim_wait_s
+        self.breaker = breaker or CircuitBreaker("cassandra", reactor)
+        self.crash_points = set()
+        self._cluster: Any = None
+        self._session: Any = None
+        self._stmts: dict[str, Any] = {}
+        self._chat_locks = _KeyedLocks()
+        self._user_locks = _KeyedLocks()
+        self._next_update_id: dict[str, int] = {}  # next id to try, per user (a hint)
+        self._written_seq: dict[str, int] = {}  # rows 1..n of a chat are known to exist
+        self._sweep: task.LoopingCall | None = None
+        self._sweeping: defer.Deferred[None] | None = None  # the background recovery running now
+        self._recovering = False
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Connect, create the keyspace and tables if missing, prepare every statement and
+        finish what crashed writers left. ``Unavailable`` if Cassandra cannot be reached."""
+        if self._session is not None:
+            return
+        profile = ExecutionProfile(
+            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=self._local_dc)),
+            consistency_level=ConsistencyLevel.LOCAL_QUORUM,
+            serial_consistency_level=self._serial,
+            request_timeout=self._request_timeout_s,
+            row_factory=dict_factory,
+        )
+        cluster = Cluster(
+            contact_points=self.hosts,
+            port=self.port,
+            protocol_version=self._protocol_version,
+            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
+            connect_timeout=self._connect_timeout_s,
+            control_connection_timeout=self._connect_timeout_s,
+        )
+        try:
+            session = await threads.deferToThread(cluster.connect)
+        except Exception as e:
+            await self._shutdown_cluster(cluster)
+            raise Unavailable(f"cassandra is unreachable: {type(e).__name__}: {e}") from e
+        self._cluster, self._session = cluster, session
+        try:
+            await self._migrate()
+            self._stmts = await threads.deferToThread(self._prepare_all, session)
+        except BaseException as e:
+            await self.stop()
+            if isinstance(e, MessengerError):
+                raise
+            raise Unavailable(f"cassandra schema setup failed: {type(e).__name__}: {e}") from e
+        try:
+            await self.recover()
+        except Unavailable as e:
+            log.warn("cassandra chat recovery at start failed: {error}", error=e)
+        if self._recovery_interval_s:
+            self._sweep = task.LoopingCall(self._sweep_once)
+            self._sweep.clock = self._reactor
+            self._sweep.start(self._recovery_interval_s, now=False)
+
+    async def stop(self) -> None:
+        """Stop the sweep and close every connection. Safe to call twice."""
+        sweep, self._sweep = self._sweep, None
+        if sweep is not None and sweep.running:
+            sweep.stop()
+        if self._sweeping is not None:
+            await self._sweeping  # let a running recovery finish its operation (it never fails)
+        cluster, self._cluster, self._session = self._cluster, None, None
+        self._stmts = {}
+        if cluster is not None:
+            await self._shutdown_cluster(cluster)
+
+    @staticmethod
+    async def _shutdown_cluster(cluster: Any) -> None:
+        try:
+            await threads.deferToThread(cluster.shutdown)
+        except Exception as e:  # already shut down, or never connected
+            log.info("cassandra shutdown: {error}", error=e)
+
+    def _prepare_all(self, session: Any) -> dict[str, Any]:
+        """Runs in a thread: the driver prepares synchronously."""
+        out: dict[str, Any] = {}
+        for name, cql in STATEMENTS.items():
+            stmt = session.prepare(cql.format(ks=self.keyspace))
+            stmt.consistency_level = ConsistencyLevel.LOCAL_QUORUM
+            stmt.serial_consistency_level = self._serial
+            out[name] = stmt
+        return out
+
+    async def _ddl(self, cql: str, params: Sequence[Any] | None = None, *, serial: bool = False) -> list[Row]:
+        """Schema statements and the migration bookkeeping: not prepared, long timeout, no breaker."""
+        stmt = SimpleStatement(cql, consistency_level=ConsistencyLevel.LOCAL_QUORUM)
+        if serial:
+            stmt.serial_consistency_level = self._serial
+        future = self._session.execute_async(stmt, params, timeout=60.0)
+        return await _as_deferred(self._reactor, future)
+
+    async def _migrate(self) -> None:
+        ks = self.keyspace
+        await self._ddl(f"CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {_replication_cql(self._replication)}")
+        await self._ddl(
+            f"CREATE TABLE IF NOT EXISTS {ks}.schema_version"
+            " (version int PRIMARY KEY, state text, claim text, applied_at_ms bigint)"
+        )
+        rows = await self._ddl(f"SELECT version, state FROM {ks}.schema_version")
+        done = {r["version"] for r in rows if r["state"] == "done"}
+        for version, statements in enumerate(MIGRATIONS, start=1):
+            if version in done:
+                continue
+            claim = _token()
+            won = await self._ddl(
+                f"INSERT INTO {ks}.schema_version (version, state, claim, applied_at_ms) VALUES (%s, %s, %s, %s)"
+                " IF NOT EXISTS",
+                (version, "applying", claim, self._now_ms()),
+                serial=True,
+            )
+            if not won[0]["[applied]"]:
+                # another instance is applying it: wait for it (if it died, apply anyway: every statement
+                # is idempotent)
+                state = won[0].get("state")
+                for _ in range(120):
+                    if state == "done":
+                        break
+                    await self._sleep(0.5)
+                    rows = await self._ddl(f"SELECT state FROM {ks}.schema_version WHERE version = %s", (version,))
+                    state = rows[0]["state"] if rows else None
+                if state == "done":
+                    continue
+            for cql in statements:
+                await self._ddl(cql.format(ks=ks))
+            await self._ddl(
+                f"UPDATE {ks}.schema_version SET state = 'done', applied_at_ms = %s WHERE version = %s",
+                (self._now_ms(), version),
+            )
+            log.info("cassandra chat schema of {ks} migrated to version {version}", ks=ks, version=version)
+
+    # -- running statements ------------------------------------------------------------------
+    def _now_ms(self) -> int:
+        return int(self._reactor.seconds() * 1000)
+
+    def _stmt(self, name: str) -> Any:
+        if self._session is None:
+            raise Unavailable("cassandra chat store is not started")
+        return self._stmts[name]
+
+    def _run(self, name: str, params: Sequence[Any], consistency: Any = None) -> defer.Deferred[list[Row]]:
+        stmt = self._stmt(name)
+        bound = stmt.bind(params)
+        if consistency is not None:
+            bound.consistency_level = consistency
+        return _as_deferred(self._reactor, self._session.execute_async(bound, timeout=self._request_timeout_s))
+
+    async def _read(self, name: str, params: Sequence[Any], *, serial: bool = False) -> list[Row]:
+        self._stmt(name)
+        consistency = self._serial if serial else None
+        return await self.breaker.call(lambda: self._run(name, params, consistency), idempotent=True)
+
+    async def _read_one(self, name: str, params: Sequence[Any], *, serial: bool = False) -> Row | None:
+        rows = await self._read(name, params, serial=serial)
+        return rows[0] if rows else None
+
+    async def _write(self, name: str, params: Sequence[Any]) -> None:
+        """A plain write: idempotent in Cassandra (no counters, no list appends), so retried."""
+        self._stmt(name)
+        await self.breaker.call(lambda: self._run(name, params), idempotent=True)
+
+    async def _lwt(self, name: str, params: Sequence[Any]) -> _Lwt:
+        self._stmt(name)
+
+        async def attempt() -> list[Row] | None:
+            try:
+                return await self._run(name, params)
+            except WriteTimeout as e:
+                if e.write_type == WriteType.CAS:
+                    return None  # outcome unknown: the caller reads at SERIAL
+                raise
+            except ErrorMessage as e:
+                if e.code == CAS_WRITE_UNKNOWN:
+                    return None
+                raise
+
+        rows = await self.breaker.call(attempt, idempotent=False)
+        if rows is None:
+            return _Lwt(None, None)
+        row = dict(rows[0])
+        applied = bool(row.pop("[applied]"))
+        return _Lwt(applied, row or None)
+
+    async def _gather(self, aws: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+        """Run concurrently; wait for all; raise the first error (in list order)."""
+        ds: list[defer.Deferred[T]] = [defer.ensureDeferred(a) for a in aws]
+        results: list[tuple[bool, Any]] = await defer.DeferredList(ds, consumeErrors=True)
+        for ok, value in results:
+            if not ok:
+                value.raiseException()
+        return [value for _, value in results]
+
+    def _checkpoint(self, name: str) -> None:
+        if name in self.crash_points:
+            raise SimulatedCrash(name)
+
+    def _bucket(self, n: int) -> int:
+        return n // self._bucket_size
+
+    def _buckets(self, lo: int, hi: int) -> list[int]:
+        if self._bucket_size == BUCKET_SIZE:
+            return buckets_between(lo, hi)
+        return list(range(lo // self._bucket_size, hi // self._bucket_size + 1)) if hi >= lo else []
+
+    def _deadline(self, claimed_at_ms: int) -> None:
+        """An owner never starts an allocation late: after ``grace_s`` its claim is someone else's."""
+        if self._now_ms() - claimed_at_ms > self._grace_ms // 3:
+            raise Unavailable("cassandra is too slow; retry")
+
+    async def _sleep(self, seconds: float) -> None:
+        await task.deferLater(self._reactor, seconds, lambda: None)
+
+    async def _wait_for(self, probe: Callable[[], Awaitable[T | None]]) -> T | None:
+        """Poll ``probe`` for up to ``claim_wait_s`` until it answers something."""
+        deadline = self._reactor.seconds() + self._claim_wait_s
+        delay = 0.01
+        while self._reactor.seconds() < deadline:
+            await self._sleep(delay)
+            found = await probe()
+            if found is not None:
+                return found
+            delay = min(0.2, delay * 2)
+        return None
+
+    # -- pending operations --------------------------------------------------------------------
+    async def _pend(self, kind: str, body: Mapping[str, Any]) -> tuple[int, str]:
+        op_id = _token()
+        shard = int(op_id[:8], 16) % SHARDS
+        await self._write("pend_insert", (shard, op_id, kind, self._now_ms(), _dumps(body)))
+        return shard, op_id
+
+    async def _unpend(self, key: tuple[int, str]) -> None:
+        await self._write("pend_delete", key)
+
+    async def _unpend_quietly(self, key: tuple[int, str]) -> None:
+        try:
+            await self._unpend(key)
+        except Unavailable:
+            pass  # the recovery drops it later
+
+    # -- chats ---------------------------------------------------------------------------------
+    async def _chat_row(self, chat_id: str, *, serial: bool = False) -> Row | None:
+        return await self._read_one("chat_get", (chat_id,), serial=serial)
+
+    async def get_chat(self, chat_id: str) -> Chat | None:
+        row = await self._chat_row(chat_id)
+        return _chat_of(row) if row else None
+
+    async def create_chat(self, chat: Chat, updates: list[UpdateDraft]) -> tuple[Chat, bool, list[Update]]:
+        body = {
+            "chat_id": chat.chat_id,
+            "members": [[m.user_id, m.joined_at_ms] for m in chat.members],
+            "updates": [_update_draft_json(u) for u in updates],
+        }
+        pending = await self._pend(CREATE_CHAT, body)
+        op_id = pending[1]
+        params = (
+            chat.chat_id,
+            chat.type,
+            chat.title,
+            chat.owner_id,
+            _members_json(chat.members),
+            chat.created_at_ms,
+            chat.updated_at_ms,
+            _recent_push(None, op_id, 0),
+        )
+        while True:
+            r = await self._lwt("chat_insert", params)
+            if r.applied is None:
+                row = await self._chat_row(chat.chat_id, serial=True)
+                if row is None:
+                    continue
+                if not _recent_find(row["recent_ops"], op_id)[0]:
+                    r = _Lwt(False, row)
+            if r.applied is False:
+                await self._unpend_quietly(pending)
+                assert r.row is not None
+                return _chat_of(r.row), False, []
+            break
+        self._checkpoint("op.applied")
+        stored = await self._finish_create_chat(chat.chat_id, chat.members, op_id, updates)
+        await self._unpend(pending)
+        return replace(chat, version=1, last_seq=0, last_message=None), True, stored
+
+    async def _finish_create_chat(
+        self,
+        chat_id: str,
+        members: Sequence[Member],
+        op_id: str,
+        updates: Sequence[UpdateDraft],
+        stale_ms: int | None = None,
+    ) -> list[Update]:
+        await self._gather(self._member_joined(m.user_id, chat_id, 1, 0, m.joined_at_ms) for m in members)
+        return await self._store_updates(op_id, updates, stale_ms)
+
+    async def update_chat(self, chat: Chat, expected_version: int, updates: list[UpdateDraft]) -> list[Update]:
+        chat_id = chat.chat_id
+        version = expected_version + 1
+        async with self._chat_locks.hold(chat_id):
+            row = await self._chat_row(chat_id)
+            if row is None:
+                raise NotFound("no such chat")
+            if row["version"] != expected_version:
+                raise Conflict("the chat changed; re-read it")
+            before = {m.user_id for m in _members_of(row["members"])}
+            after = {m.user_id for m in chat.members}
+            added = [m for m in chat.members if m.user_id not in before]
+            removed = [u for u in _members_of(row["members"]) if u.user_id not in after]
+            body = {
+                "chat_id": chat_id,
+                "version": version,
+                "added": [[m.user_id, m.joined_at_ms] for m in added],
+                "removed": [m.user_id for m in removed],
+                "updates": [_update_draft_json(u) for u in updates],
+            }
+            pending = await self._pend(UPDATE_CHAT, body)
+            op_id = pending[1]
+            try:
+                last_seq = await self._apply_chat_update(chat, expected_version, op_id, row, bool(added or removed))
+            except (NotFound, Conflict):
+                await self._unpend_quietly(pending)
+                raise
+        self._checkpoint("op.applied")
+        await self._finish_update_chat(chat_id, version, last_seq, added, [m.user_id for m in removed])
+        stored = await self._store_updates(op_id, updates)
+        await self._unpend(pending)
+        return stored
+
+    async def _apply_chat_update(
+        self, chat: Chat, expected_version: int, op_id: str, row: Row, members_change: bool
+    ) -> int:
+        """The chat row's LWT; answers the ``last_seq`` it was applied at."""
+        while True:
+            last_seq = row["last_seq"] or 0
+            if members_change and last_seq:
+                # the fan-out of message last_seq goes to the members of its time: keep its row first
+                await self._ensure_message(chat.chat_id, last_seq)
+            recent = _recent_push(row["recent_ops"], op_id, last_seq)
+            r = await self._lwt(
+                "chat_update",
+                (
+                    chat.title,
+                    chat.owner_id,
+                    _members_json(chat.members),
+                    chat.updated_at_ms,
+                    expected_version + 1,
+                    recent,
+                    chat.chat_id,
+                    expected_version,
+                    last_seq,
+                    row["recent_ops"],
+                ),
+            )
+            if r.applied:
+                return last_seq
+            if r.applied is None:
+                fresh = await self._chat_row(chat.chat_id, serial=True)
+                if fresh is not None:
+                    found, at = _recent_find(fresh["recent_ops"], op_id)
+                    if found:
+                        return int(at)
+            else:
+                fresh = r.row
+            if fresh is None:
+                raise NotFound("no such chat")
+            if fresh["version"] != expected_version:
+                raise Conflict("the chat changed; re-read it")
+            row = {**row, **fresh}  # only last_seq moved (a message): try again at the new one
+
+    async def _finish_update_chat(
+        self, chat_id: str, version: int, last_seq: int, added: Sequence[Member], removed: Sequence[str]
+    ) -> None:
+        await self._gather(
+            [
+                *(self._member_joined(m.user_id, chat_id, version, last_seq, m.joined_at_ms) for m in added),
+                *(self._member_left(u, chat_id, version) for u in removed),
+            ]
+        )
+
+    async def _member_joined(self, user_id: str, chat_id: str, version: int, last_seq: int, joined_at_ms: int) -> None:
+        """A receipts row at ``(last_seq, last_seq)`` for a member who joined at chat ``version``,
+        replacing one left over from an earlier membership."""
+        while True:
+            r = await self._lwt("uc_insert", (user_id, chat_id, last_seq, last_seq, joined_at_ms, version))
+            if r.applied:
+                return
+            existing = r.row
+            if r.applied is None:
+                existing = await self._uc_row(user_id, chat_id, serial=True)
+                if existing is None:
+                    continue
+            assert existing is not None
+            joined = existing["joined_version"] or 0
+            if joined >= version:
+                return
+            await self._lwt("uc_rejoin", (last_seq, last_seq, joined_at_ms, version, user_id, chat_id, joined))
+
+    async def _member_left(self, user_id: str, chat_id: str, version: int) -> None:
+        while (await self._lwt("uc_delete", (user_id, chat_id, version))).applied is None:
+            pass
+
+    async def list_user_chats(self, user_id: str) -> list[tuple[Chat, Receipts]]:
+        rows = await self._read("uc_list", (user_id,))
+        out: list[tuple[Chat, Receipts]] = []
+        for i in range(0, len(rows), 64):
+            part = rows[i : i + 64]
+            chats = await self._gather(self._chat_row(r["chat_id"]) for r in part)
+            for r, c in zip(part, chats, strict=True):
+                if c is None:
+                    continue
+                chat = _chat_of(c)
+                if chat.has_member(user_id):  # a row whose removal is still being finished
+                    out.append((chat, Receipts(r["last_delivered_seq"] or 0, r["last_read_seq"] or 0)))
+        return out
+
+    # -- messages ------------------------------------------------------------------------------
+    async def append_message(self, draft: MessageDraft) -> Appended:
+        return await self._append(draft, self._grace_ms)
+
+    async def _append(self, draft: MessageDraft, stale_ms: int) -> Appended:
+        body = {"sender_id": draft.sender_id, "client_msg_id": draft.client_msg_id, "draft": _message_draft_json(draft)}
+        claim = _token()
+        claimed: defer.Deferred[Any] = defer.ensureDeferred(self._claim_message(draft, claim, stale_ms))
+        pended: defer.Deferred[Any] = defer.ensureDeferred(self._pend(APPEND, body))
+        results: list[tuple[bool, Any]] = await defer.DeferredList([claimed, pended], consumeErrors=True)
+        (claim_ok, outcome), (pend_ok, pending) = results
+        if not pend_ok:
+            if claim_ok and isinstance(outcome, _Owned):
+                await self._release_claim(draft, claim)
+            pending.raiseException()
+        if not claim_ok:
+            await self._unpend_quietly(pending)
+            outcome.raiseException()
+        if isinstance(outcome, _Accepted):
+            await self._unpend_quietly(pending)
+            row = await self._ensure_message(outcome.chat_id, outcome.seq)
+            if row is None:
+                raise Unavailable("the first message with this client_msg_id is still being stored; retry")
+            return Appended(_message_of(row), [], True)
+        owned: _Owned = outcome
+        try:
+            row = await self._allocate(owned, claim)
+        except NotFound:
+            await self._release_claim(owned.draft, claim)
+            await self._unpend_quietly(pending)
+            raise
+        self._checkpoint("append.stored")
+        message, updates = await self._fan_out(row, stale_ms)
+        await self._gather([self._fanout_done(message), self._unpend(pending)])
+        return Appended(message, updates, False)
+
+    async def _release_claim(self, draft: MessageDraft, claim: str) -> None:
+        with contextlib.suppress(Unavailable):
+            await self._lwt("res_release", (draft.sender_id, draft.client_msg_id, claim))
+
+    async def _claim_message(self, draft: MessageDraft, claim: str, stale_ms: int) -> _Owned | _Accepted:
+        key = (draft.sender_id, draft.client_msg_id)
+        now = self._now_ms()
+        params = (*key, draft.chat_id, draft.message_id, _message_draft_json(draft), claim, now)
+        while True:
+            r = await self._lwt("res_claim", params)
+            if r.applied:
+                return _Owned(draft, now, resumed=False)
+            existing = r.row
+            if r.applied is None:
+                existing = await self._read_one("res_get", key, serial=True)
+                if existing is None:
+                    continue
+                if existing["claim"] == claim:
+                    return _Owned(draft, now, resumed=False)
+            assert existing is not None
+            if existing["seq"] is not None:
+                return _Accepted(existing["chat_id"], existing["seq"])
+            if now - (existing["claimed_at_ms"] or 0) < stale_ms:
+
+                async def probe() -> _Accepted | bool | None:
+                    row = await self._read_one("res_get", key, serial=True)
+                    if row is None:
+                        return False  # released (no such chat): claim it again
+                    if row["seq"] is not None:
+                        return _Accepted(row["chat_id"], row["seq"])
+                    return None
+
+                found = await self._wait_for(probe)
+                if isinstance(found, _Accepted):
+                    return found
+                if found is False:
+                    continue
+                raise Unavailable("a message with this client_msg_id is being sent; retry")
+            t = await self._lwt("res_takeover", (claim, now, *key, existing["claim"]))
+            if t.applied:
+                return _Owned(_message_draft_of(existing["draft"]), now, resumed=True)
+
+    async def _allocate(self, owned: _Owned, claim: str) -> Row:
+        """Give the claimed draft its seq and store its row; answers the message row."""
+        draft = owned.draft
+        chat_id = draft.chat_id
+        async with self._chat_locks.hold(chat_id):
+            row = await self._chat_row(chat_id, serial=owned.resumed)
+            if row is None:
+                raise NotFound("no such chat")
+            while True:
+                if owned.resumed:  # the writer that died may have allocated already
+                    seq = await self._allocated_seq(draft, row)
+                    if seq is not None:
+                        break
+                self._deadline(owned.claimed_at_ms)
+                last_seq = row["last_seq"] or 0
+                if last_seq and self._written_seq.get(chat_id, 0) < last_seq:
+                    if await self._ensure_message(chat_id, last_seq) is None:
+                        row = await self._chat_row(chat_id, serial=True) or row
+                        continue
+                seq = last_seq + 1
+                r = await self._lwt(
+                    "chat_alloc",
+                    (
+                        seq,
+                        _dumps(_new_message(draft, seq).to_dict()),
+                        draft.sent_at_ms,
+                        chat_id,
+                        last_seq,
+                        row["members"],
+                    ),
+                )
+                if r.applied:
+                    row = {**row, "last_seq": seq}
+                    break
+                if r.applied is None or r.row is None:
+                    fresh = await self._chat_row(chat_id, serial=True)
+                    if fresh is None:
+                        raise NotFound("no such chat")
+                    row = fresh
+                    if r.applied is None:  # ours may have landed (and another writer followed)
+                        found = await self._allocated_seq(draft, fresh)
+                        if found is not None:
+                            seq = found
+                            break
+                else:
+                    row = {**row, **r.row}
+            self._checkpoint("append.allocated")
+            if row["last_seq"] == seq:
+                return await self._store_message(_new_message(draft, seq), row["members"])
+        stored = await self._ensure_message(chat_id, seq)
+        if stored is None:
+            raise Unavailable("the message is being stored; retry")
+        return stored
+
+    async def _allocated_seq(self, draft: MessageDraft, chat_row: Row) -> int | None:
+        """The seq a dead writer gave ``draft``, if any. ``chat_row`` was read at SERIAL."""
+        last = json.loads(chat_row["last_message"]) if chat_row["last_message"] else None
+        if last is not None and last["message_id"] == draft.message_id:
+            return int(last["seq"])
+        # once last_message moved on, the row of that message exists and so does its claim's seq
+        res = await self._read_one("res_get", (draft.sender_id, draft.client_msg_id), serial=True)
+        if res is not None and res["seq"] is not None and res["message_id"] == draft.message_id:
+            return int(res["seq"])
+        return None
+
+    async def _store_message(self, message: Message, members_json: str) -> Row:
+        """Record the seq in the claim and the id index, then the row itself (first writer wins)."""
+        chat_id, seq = message.chat_id, message.seq
+        await self._gather(
+            [
+                self._write("res_set_seq", (seq, message.sender_id, message.client_msg_id)),
+                self._write("by_id_insert", (chat_id, message.message_id, seq)),
+            ]
+        )
+        fanout_to = _dumps([m.user_id for m in _members_of(members_json)])
+        params = (
+            chat_id,
+            self._bucket(seq),
+            seq,
+            message.message_id,
+            message.sender_id,
+            message.client_msg_id,
+            message.text,
+            message.reply_to,
+            list(message.media),
+            message.sent_at_ms,
+            message.edited_at_ms,
+            message.deleted,
+            _reactions_json(message.reactions),
+            fanout_to,
+        )
+        while True:
+            r = await self._lwt("msg_insert", params)
+            if r.applied:
+                row: Row | None = {
+                    **dict(zip([c.strip() for c in _MESSAGE_COLUMNS.split(",")][:13], params[:13], strict=True)),
+                    "version": 1,
+                    "fanout_to": fanout_to,
+                    "fanout_done": False,
+                }
+            elif r.applied is False and r.row is not None:
+                row = r.row
+            else:
+                row = await self._message_row(chat_id, seq, serial=True)
+            if row is not None:
+                break
+        if self._written_seq.get(chat_id, 0) < seq:
+            self._written_seq[chat_id] = seq
+            if len(self._written_seq) > 100_000:
+                self._written_seq.clear()
+        return row
+
+    async def _message_row(self, chat_id: str, seq: int, *, serial: bool = False) -> Row | None:
+        return await self._read_one("msg_get", (chat_id, self._bucket(seq), seq), serial=serial)
+
+    async def _ensure_message(self, chat_id: str, seq: int) -> Row | None:
+        """The row of message ``seq``, written from the chat's ``last_message`` if its writer died
+        between the allocation and the row. None if it is not there (not allocated yet)."""
+        row = await self._message_row(chat_id, seq)
+        if row is not None:
+            if self._written_seq.get(chat_id, 0) < seq:
+                self._written_seq[chat_id] = seq
+            return row
+        chat = await self._chat_row(chat_id, serial=True)
+        if chat is not None and chat["last_seq"] == seq and chat["last_message"]:
+            last = _message_from_dict(json.loads(chat["last_message"]))
+            if last.seq == seq:
+                return await self._store_message(last, chat["members"])
+        return await self._message_row(chat_id, seq, serial=True)
+
+    async def _fan_out(self, row: Row, stale_ms: int) -> tuple[Message, list[Update]]:
+        """``message.new`` to every member of the allocation's time, the sender's receipts, done."""
+        message = _message_of(row)
+        data = message.to_dict()
+        key = f"msg:{message.chat_id}:{message.seq}"
+        drafts = [
+            UpdateDraft(u, MESSAGE_NEW, message.chat_id, message.sent_at_ms, data, dedupe_key=key)
+            for u in json.loads(row["fanout_to"] or "[]")
+        ]
+        updates, _ = await self._gather(
+            [
+                self._store_updates(None, drafts, stale_ms),
+                self._bump_receipts(message.sender_id, message.chat_id, message.seq),
+            ]
+        )
+        return message, updates
+
+    async def _fanout_done(self, message: Message) -> None:
+        await self._write("msg_fanout_done", (message.chat_id, self._bucket(message.seq), message.seq))
+
+    async def _bump_receipts(self, user_id: str, chat_id: str, seq: int) -> list[Update]:
+        """Sending marks read up to the new message (receipts only move forward)."""
+        while True:
+            r = await self._lwt("uc_bump", (seq, seq, user_id, chat_id, seq, seq))
+            if r.applied or (r.row is None and r.applied is False):
+                return []
+            if r.applied is None:
+                continue
+            assert r.row is not None
+            if (r.row["last_read_seq"] or 0) >= seq:
+                return []
+            b = await self._lwt("uc_bump_read", (seq, user_id, chat_id, seq))
+            if b.applied or (b.applied is False and (b.row is None or (b.row["last_read_seq"] or 0) >= seq)):
+                return []
+
+    async def get_message(self, chat_id: str, message_id: str) -> Message | None:
+        ref = await self._read_one("by_id_get", (chat_id, message_id))
+        if ref is None:
+            return None
+        row = await self._message_row(chat_id, ref["seq"])
+        return _message_of(row) if row else None
+
+    async def update_message(self, message: Message, expected_version: int, updates: list[UpdateDraft]) -> list[Update]:
+        chat_id = message.chat_id
+        ref = await self._read_one("by_id_get", (chat_id, message.message_id))
+        row = await self._message_row(chat_id, ref["seq"]) if ref else None
+        if row is None:
+            raise NotFound("no such message")
+        if row["version"] != expected_version:
+            raise Conflict("the message changed; re-read it")
+        seq = row["seq"]
+        body = {"chat_id": chat_id, "seq": seq, "updates": [_update_draft_json(u) for u in updates]}
+        pending = await self._pend(UPDATE_MESSAGE, body)
+        op_id = pending[1]
+        params = (
+            message.text,
+            list(message.media),
+            _reactions_json(message.reactions),
+            message.edited_at_ms,
+            message.deleted,
+            expected_version + 1,
+            _recent_push(row["recent_ops"], op_id),
+            chat_id,
+            self._bucket(seq),
+            seq,
+            expected_version,
+        )
+        while True:
+            r = await self._lwt("msg_update", params)
+            if r.applied:
+                break
+            fresh = r.row
+            if r.applied is None:
+                fresh = await self._message_row(chat_id, seq, serial=True)
+                if fresh is not None and _recent_find(fresh["recent_ops"], op_id)[0]:
+                    break
+                if fresh is not None and fresh["version"] == expected_version:
+                    continue
+            await self._unpend_quietly(pending)
+            if fresh is None:
+                raise NotFound("no such message")
+            raise Conflict("the message changed; re-read it")
+        self._checkpoint("op.applied")
+        stored = await self._finish_update_message(chat_id, seq, op_id, updates)
+        await self._unpend(pending)
+        return stored
+
+    async def _finish_update_message(
+        self, chat_id: str, seq: int, op_id: str, updates: Sequence[UpdateDraft], stale_ms: int | None = None
+    ) -> list[Update]:
+        await self._follow_last_message(chat_id, seq)
+        return await self._store_updates(op_id, updates, stale_ms)
+
+    async def _follow_last_message(self, chat_id: str, seq: int) -> None:
+        """If ``seq`` is the chat's last message, make ``last_message`` its stored state (a CAS
+        loop on the old value, so racing edits settle on the newest)."""
+        while True:
+            chat = await self._chat_row(chat_id, serial=True)
+            if chat is None or chat["last_seq"] != seq:
+                return
+            row = await self._message_row(chat_id, seq, serial=True)
+            if row is None:
+                return
+            current = _dumps(_message_of(row).to_dict())
+            if chat["last_message"] == current:
+                return
+            r = await self._lwt("chat_last_message", (current, chat_id, seq, chat["last_message"]))
+            if r.applied:
+                return
+
+    async def history(self, chat_id: str, lo: int, hi: int) -> list[Message]:
+        lo = max(lo, 1)
+        if self._bucket(hi) - self._bucket(lo) > 1:  # maybe open-ended: stop at the chat's last message
+            chat = await self._chat_row(chat_id)
+            hi = min(hi, chat["last_seq"] or 0) if chat else 0
+        buckets = self._buckets(lo, hi)
+        pages = await self._gather(
+            self._read("msg_range", (chat_id, b, max(lo, b * self._bucket_size), hi)) for b in reversed(buckets)
+        )
+        return [_message_of(r) for page in pages for r in page]
+
+    # -- receipts ------------------------------------------------------------------------------
+    async def _uc_row(self, user_id: str, chat_id: str, *, serial: bool = False) -> Row | None:
+        return await self._read_one("uc_get", (user_id, chat_id), serial=serial)
+
+    async def get_receipts(self, chat_id: str, user_id: str) -> Receipts | None:
+        row = await self._uc_row(user_id, chat_id)
+        if row is None:
+            return None
+        return Receipts(row["last_delivered_seq"] or 0, row["last_read_seq"] or 0)
+
+    async def set_receipts(
+        self, chat_id: str, user_id: str, new: Receipts, expected: Receipts, updates: list[UpdateDraft]
+    ) -> list[Update]:
+        row = await self._uc_row(user_id, chat_id)
+        if row is None:
+            raise NotFound("not a member of the chat")
+        if Receipts(row["last_delivered_seq"] or 0, row["last_read_seq"] or 0) != expected:
+            raise Conflict("the receipts changed; re-read them")
+        body = {"chat_id": chat_id, "user_id": user_id, "updates": [_update_draft_json(u) for u in updates]}
+        pending = await self._pend(SET_RECEIPTS, body)
+        op_id = pending[1]
+        while True:
+            r = await self._lwt(
+                "uc_cas",
+                (
+                    new.last_delivered_seq,
+                    new.last_read_seq,
+                    _recent_push(row["recent_ops"], op_id),
+                    user_id,
+                    chat_id,
+                    expected.last_delivered_seq,
+                    expected.last_read_seq,
+                    row["recent_ops"],
+                ),
+            )
+            if r.applied:
+                break
+            fresh = r.row
+            if r.applied is None:
+                fresh = await self._uc_row(user_id, chat_id, serial=True)
+                if fresh is not None and _recent_find(fresh["recent_ops"], op_id)[0]:
+                    break
+            if fresh is None or Receipts(fresh["last_delivered_seq"] or 0, fresh["last_read_seq"] or 0) != expected:
+                await self._unpend_quietly(pending)
+                if fresh is None:
+                    raise NotFound("not a member of the chat")
+                raise Conflict("the receipts changed; re-read them")
+            row = {**row, **fresh}  # same receipts, another op id list: try again
+        self._checkpoint("op.applied")
+        stored = await self._store_updates(op_id, updates)
+        await self._unpend(pending)
+        return stored
+
+    # -- update stream -------------------------------------------------------------------------
+    async def append_updates(self, updates: list[UpdateDraft]) -> list[Update]:
+        if not updates:
+            return []
+        pending = await self._pend(APPEND_UPDATES, {"updates": [_update_draft_json(u) for u in updates]})
+        stored = await self._store_updates(pending[1], updates)
+        await self._unpend(pending)
+        return stored
+
+    async def get_updates(self, user_id: str, lo: int, hi: int) -> list[Update]:
+        lo = max(lo, 1)
+        if self._bucket(hi) - self._bucket(lo) > 1:  # maybe open-ended: stop at the user's last update
+            hi = min(hi, await self._tail(user_id))
+        buckets = self._buckets(lo, hi)
+        pages = await self._gather(self._read("upd_range", (user_id, b, lo, hi)) for b in buckets)
+        return [_update_of(r) for page in pages for r in page]
+
+    async def last_update_id(self, user_id: str) -> int:
+        return await self._tail(user_id)
+
+    async def _hint(self, user_id: str) -> int:
+        row = await self._read_one("state_get", (user_id,))
+        return int(row["last_update_id"]) if row and row["last_update_id"] else 0
+
+    async def _tail(self, user_id: str, *, serial: bool = False) -> int:
+        """The user's last update id: from the hint's bucket upward (ids have no gaps)."""
+        last = await self._hint(user_id)
+        b = self._bucket(last)
+        while True:
+            row = await self._read_one("upd_tail", (user_id, b), serial=serial)
+            if row is None:
+                return last
+            last = max(last, int(row["update_id"]))
+            if last < (b + 1) * self._bucket_size - 1:
+                return last
+            b += 1
+
+    async def _store_updates(
+        self, op_id: str | None, drafts: Sequence[UpdateDraft], stale_ms: int | None = None
+    ) -> list[Update]:
+        """Each draft under its dedupe key (or ``~op:<op_id>:<i>``); one user's in list order.
+        ``stale_ms``: age of a claim without result that this call may take over."""
+        stale = self._grace_ms if stale_ms is None else stale_ms
+        per_user: dict[str, list[tuple[int, UpdateDraft, str]]] = {}
+        for i, d in enumerate(drafts):
+            key = d.dedupe_key if d.dedupe_key is not None else f"~op:{op_id}:{i}"
+            per_user.setdefault(d.user_id, []).append((i, d, key))
+        out: list[Update | None] = [None] * len(drafts)
+
+        async def one_user(items: list[tuple[int, UpdateDraft, str]]) -> None:
+            for i, d, key in items:
+                out[i] = await self._store_update(d, key, stale)
+
+        await self._gather(one_user(items) for items in per_user.values())
+        return [u for u in out if u is not None]
+
+    async def _store_update(self, draft: UpdateDraft, key: str, stale_ms: int) -> Update:
+        user_id = draft.user_id
+        claim = _token()
+        lo = self._next_update_id.get(user_id) or await self._hint(user_id) + 1
+        while True:
+            now = self._now_ms()
+            r = await self._lwt("key_claim", (user_id, key, claim, now, lo))
+            if r.applied:
+                break
+            existing = r.row
+            if r.applied is None:
+                existing = await self._read_one("key_get", (user_id, key), serial=True)
+                if existing is None:
+                    continue
+                if existing["claim"] == claim:
+                    break
+            assert existing is not None
+            if existing["update_id"] is not None:
+                return await self._update_at(user_id, existing["update_id"])
+            if now - (existing["claimed_at_ms"] or 0) < stale_ms:
+
+                async def probe() -> int | None:
+                    row = await self._read_one("key_get", (user_id, key), serial=True)
+                    return None if row is None or row["update_id"] is None else int(row["update_id"])
+
+                done = await self._wait_for(probe)
+                if done is None:
+                    raise Unavailable("an update with this dedupe key is being stored; retry")
+                return await self._update_at(user_id, done)
+            found = await self._find_key(user_id, key, existing["lo"] or 1)
+            if found is not None:
+                await self._write("key_set", (found.update_id, user_id, key))
+                return found
+            t = await self._lwt("key_takeover", (claim, now, lo, user_id, key, existing["claim"]))
+            if t.applied:
+                break
+        claimed_at = now
+        data = _dumps(draft.data)
+        async with self._user_locks.hold(user_id):
+            update_id = self._next_update_id.get(user_id) or await self._tail(user_id) + 1
+            missed = 0
+            while True:
+                self._deadline(claimed_at)
+                r = await self._lwt(
+                    "upd_insert",
+                    (
+                        user_id,
+                        self._bucket(update_id),
+                        update_id,
+                        draft.type,
+                        draft.chat_id,
+                        draft.at_ms,
+                        data,
+                        key,
+                        claim,
+                    ),
+                )
+                if r.applied:
+                    stored = Update(user_id, update_id, draft.type, draft.chat_id, draft.at_ms, json.loads(data))
+                    break
+                taken = r.row
+                if r.applied is None:
+                    taken = await self._read_one("upd_get", (user_id, self._bucket(update_id), update_id), serial=True)
+                    if taken is None:
+                        continue
+                assert taken is not None
+                if taken["dedupe_key"] == key:  # ours, or the dead claimant's write for this key
+                    stored = _update_of({**taken, "user_id": user_id, "update_id": update_id})
+                    break
+                missed += 1
+                update_id = update_id + 1 if missed < 2 else max(update_id + 1, await self._tail(user_id) + 1)
+            self._next_update_id[user_id] = update_id + 1
+            if len(self._next_update_id) > 100_000:
+                self._next_update_id.clear()
+        self._checkpoint("update.allocated")
+        await self._gather(
+            [
+                self._write("key_set", (update_id, user_id, key)),
+                self._write("state_set", (update_id, update_id, user_id)),
+            ]
+        )
+        return stored
+
+    async def _update_at(self, user_id: str, update_id: int) -> Update:
+        row = await self._read_one("upd_get", (user_id, self._bucket(update_id), update_id))
+        if row is None:
+            row = await self._read_one("upd_get", (user_id, self._bucket(update_id), update_id), serial=True)
+        if row is None:
+            raise Unavailable("update not readable yet; retry")
+        return _update_of(row)
+
+    async def _find_key(self, user_id: str, key: str, lo: int) -> Update | None:
+        """The update stored under ``key`` at ``lo`` or later (a dead claimant's work), if any."""
+        last = await self._tail(user_id, serial=True)
+        for b in self._buckets(lo, last):
+            rows = await self._read("upd_keys_from", (user_id, b, max(lo, b * self._bucket_size)), serial=True)
+            for r in rows:
+                if r["dedupe_key"] == key:
+                    return await self._update_at(user_id, r["update_id"])
+        return None
+
+    # -- recovery ------------------------------------------------------------------------------
+    def _sweep_once(self) -> defer.Deferred[None]:
+        async def sweep() -> None:
+            try:
+                await self.recover()
+            except Exception as e:
+                log.warn("cassandra chat recovery failed: {error}", error=e)
+            finally:
+                self._sweeping = None
+
+        self._sweeping = defer.ensureDeferred(sweep())
+        return self._sweeping
+
+    async def recover(self, limit: int = 100, *, min_age_s: float | None = None) -> int:
+        """Finish at most ``limit`` pending operations older than ``min_age_s`` (default
+        ``grace_s``); answers how many were handled (finished or dropped)."""
+        if self._recovering:
+            return 0
+        self._recovering = True
+        try:
+            age_ms = self._grace_ms if min_age_s is None else int(min_age_s * 1000)
+            handled = 0
+            for shard in range(SHARDS):
+                if handled >= limit:
+                    break
+                rows = await self._read("pend_scan", (shard, max(limit, 500)))
+                for row in rows:
+                    if handled >= limit:
+                        break
+                    if self._now_ms() - (row["created_at_ms"] or 0) < age_ms:
+                        continue
+                    try:
+                        await self._recover_one(row, age_ms)
+                    except Unavailable as e:
+                        if self.breaker.state != CLOSED:
+                            raise
+                        log.info("cassandra chat recovery of {op_id} postponed: {error}", op_id=row["op_id"], error=e)
+                        continue
+                    except Exception:
+                        log.failure("cassandra chat recovery of {op_id}", op_id=row["op_id"])
+                        continue
+                    await self._unpend((shard, row["op_id"]))
+                    handled += 1
+            return handled
+        finally:
+            self._recovering = False
+
+    async def _recover_one(self, row: Row, age_ms: int) -> None:
+        kind, op_id = row["kind"], row["op_id"]
+        body = json.loads(row["body"])
+        updates = [_update_draft_of(u) for u in body.get("updates", [])]
+        if kind == APPEND:
+            await self._recover_append(_message_draft_of(body["draft"]), age_ms)
+        elif kind == CREATE_CHAT:
+            chat = await self._chat_row(body["chat_id"], serial=True)
+            if chat is not None and _recent_find(chat["recent_ops"], op_id)[0]:
+                current = {m.user_id for m in _members_of(chat["members"])}
+                founders = [Member(u, at) for u, at in body["members"] if u in current]  # who left keeps no row
+                await self._finish_create_chat(chat["chat_id"], founders, op_id, updates, age_ms)
+        elif kind == UPDATE_CHAT:
+            chat = await self._chat_row(body["chat_id"], serial=True)
+            found, last_seq = _recent_find(chat["recent_ops"] if chat else None, op_id)
+            if chat is not None and found:
+                current = {m.user_id for m in _members_of(chat["members"])}
+                added = [Member(u, at) for u, at in body["added"] if u in current]
+                removed = [u for u in body["removed"] if u not in current]
+                await self._finish_update_chat(chat["chat_id"], body["version"], int(last_seq or 0), added, removed)
+                await self._store_updates(op_id, updates, age_ms)
+        elif kind == UPDATE_MESSAGE:
+            message = await self._message_row(body["chat_id"], body["seq"], serial=True)
+            if message is not None and _recent_find(message["recent_ops"], op_id)[0]:
+                await self._finish_update_message(body["chat_id"], body["seq"], op_id, updates, age_ms)
+        elif kind == SET_RECEIPTS:
+            uc = await self._uc_row(body["user_id"], body["chat_id"], serial=True)
+            if uc is not None and _recent_find(uc["recent_ops"], op_id)[0]:
+                await self._store_updates(op_id, updates, age_ms)
+        elif kind == APPEND_UPDATES:
+            await self._store_updates(op_id, updates, age_ms)
+        else:
+            log.warn("unknown pending operation kind {kind}", kind=kind)
+
+    async def _recover_append(self, draft: MessageDraft, age_ms: int) -> None:
+        res = await self._read_one("res_get", (draft.sender_id, draft.client_msg_id), serial=True)
+        if res is None or res["message_id"] != draft.message_id:
+            return  # never claimed, released (no such chat), or a duplicate of an earlier message
+        if res["seq"] is None:
+            await self._append(draft, age_ms)  # takes the stale claim over and finishes it
+            return
+        row = await self._ensure_message(res["chat_id"], res["seq"])
+        if row is not None and not row["fanout_done"]:
+            message, _ = await self._fan_out(row, age_ms)
+            await self._fanout_done(message)

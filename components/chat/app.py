@@ -1,0 +1,82 @@
+"""Wiring of the chat component: configuration → adapters → service → WAMP.
+
+- ``embedded`` (default): SQLite file ``chat.sqlite3`` under the data folder, in-process rate limits.
+- ``distributed``: Cassandra (``MESSENGER_CASSANDRA`` = ``host[:port][,host...]``, keyspace from
+  ``extra.cassandra_keyspace``), Redis rate limits (``MESSENGER_REDIS_URL``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from common import config
+from common.adapters.memory import MemoryRateLimiter
+from common.clock import Clock, SystemClock
+from common.httpserver import http_root
+from common.lifecycle import start_all, until_up
+from common.wampkit import BackendSession
+from components.chat.service import ChatLimits, ChatService
+from components.chat.wamp import ChatWamp, WampDirectory, WampNotifier
+
+log = Logger(namespace="messenger.chat")
+
+
+class ChatComponent(BackendSession):
+    clock: Clock = SystemClock()
+
+    def onJoin(self, details: Any) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._start())
+
+    async def _build(self, extra: dict[str, Any]) -> tuple[Any, Any, list[Any]]:
+        from twisted.internet import reactor
+
+        if config.profile(extra) == config.EMBEDDED:
+            from components.chat.adapters.sqlite import SqliteChatStore
+
+            store: Any = SqliteChatStore(config.data_dir(extra) / "chat.sqlite3")
+            return store, MemoryRateLimiter(self.clock), [store]
+        from common.adapters.redis import RedisClient, RedisRateLimiter
+        from components.chat.adapters.cassandra import CassandraChatStore
+
+        hosts, port = _cassandra_location(config.required_env(extra, "cassandra_env", "MESSENGER_CASSANDRA"))
+        store = CassandraChatStore(hosts, port, str(extra.get("cassandra_keyspace", "messenger")), reactor)
+        redis = RedisClient.from_url(config.required_env(extra, "redis_url_env", "MESSENGER_REDIS_URL"))
+        return store, RedisRateLimiter(redis), [store, redis]
+
+    async def _start(self) -> None:
+        extra: dict[str, Any] = dict(self.config.extra or {})
+        store, limiter, self._closeables = await self._build(extra)
+        await until_up("chat storage", lambda: start_all(self._closeables))
+        limits = extra.get("limits") or {}
+        service = ChatService(
+            store,
+            WampDirectory(self),
+            WampNotifier(self),
+            limiter,
+            self.clock,
+            ChatLimits(**{k: int(v) for k, v in limits.items() if k in ChatLimits.__dataclass_fields__}),
+        )
+        edge = ChatWamp(service)
+        await self.register_procedures(edge.procedures(), backend_only=edge.backend_only)
+        http = extra.get("http") or {}
+        http_root(int(http.get("port", 0)), http.get("interface", "127.0.0.1"))
+        log.info("chat component ready ({profile})", profile=config.profile(extra))
+
+    def onLeave(self, details: Any) -> None:
+        for thing in getattr(self, "_closeables", []):
+            defer.ensureDeferred(thing.stop())
+        super().onLeave(details)
+
+
+def _cassandra_location(value: str) -> tuple[list[str], int]:
+    hosts, port = [], 9042
+    for part in value.split(","):
+        host, _, p = part.strip().partition(":")
+        hosts.append(host)
+        if p:
+            port = int(p)
+    return hosts, int(os.environ.get("MESSENGER_CASSANDRA_PORT", port))

@@ -1,0 +1,139 @@
+"""The delivery component: turns stored updates into events on ``messenger.user.<user_id>``,
+in order per user; relays ephemeral events (typing); keeps presence from session join/leave.
+
+Within one node it publishes through the router. Scale-out (issue 4) replaces the internal
+event with a Redis notification per shard; the ordering and gap healing stay as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.wamp.types import RegisterOptions
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from common.clock import Clock, SystemClock
+from common.errors import InvalidArgument
+from common.httpserver import http_root
+from common.wampkit import BackendSession, Caller
+from components.delivery.domain import PresenceBook, Sequencer
+from realms import uris
+
+log = Logger(namespace="messenger.delivery")
+GAP_WAIT_S = 0.25  # how long an early update waits for the missing ones before they are fetched
+PRESENCE_MAX_IDS = 200
+
+
+class DeliveryComponent(BackendSession):
+    clock: Clock = SystemClock()
+
+    def onJoin(self, details: Any) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._start())
+
+    async def _start(self) -> None:
+        from twisted.internet import reactor
+
+        self._reactor: Any = reactor
+        self.sequencer = Sequencer()
+        self.presence = PresenceBook()
+        self._gap_timers: dict[str, Any] = {}
+        await self.register(self.on_updates, uris.INTERNAL_DELIVER, options=RegisterOptions(invoke="first"))
+        await self.register(self.on_ephemeral, uris.INTERNAL_DELIVER_EPHEMERAL, options=RegisterOptions(invoke="first"))
+        await self.subscribe(self.on_session_join, "wamp.session.on_join")
+        await self.subscribe(self.on_session_leave, "wamp.session.on_leave")
+        await self.register_procedures({uris.PRESENCE_GET: self.presence_get})
+        await self._seed_presence()
+        extra = self.config.extra or {}
+        http = extra.get("http") or {}
+        http_root(int(http.get("port", 0)), http.get("interface", "127.0.0.1"))
+        log.info("delivery component ready")
+
+    # -- durable updates ---------------------------------------------------------------------
+    def on_updates(self, updates: list[dict[str, Any]] | None = None, **_: Any) -> None:
+        now = self.clock.now_ms()
+        for u in updates or []:
+            user_id = u.pop("user_id", None)
+            if not isinstance(user_id, str):
+                continue
+            self._send(user_id, self.sequencer.offer(user_id, u, now))
+            self._watch_gap(user_id)
+
+    def _send(self, user_id: str, envelopes: list[dict[str, Any]]) -> None:
+        topic = uris.user_topic(user_id)
+        for env in envelopes:
+            self.publish(topic, **env)
+
+    def _watch_gap(self, user_id: str) -> None:
+        if self.sequencer.gap(user_id) is None or user_id in self._gap_timers:
+            return
+        self._gap_timers[user_id] = self._reactor.callLater(
+            GAP_WAIT_S, lambda: defer.ensureDeferred(self._heal(user_id))
+        )
+
+    async def _heal(self, user_id: str) -> None:
+        self._gap_timers.pop(user_id, None)
+        gap = self.sequencer.gap(user_id)
+        if gap is None:
+            return
+        lo, hi = gap
+        try:
+            result = await self.call(uris.INTERNAL_CHAT_UPDATES, user_id=user_id, lo=lo, hi=hi)
+            released = self.sequencer.fill(user_id, result["updates"], self.clock.now_ms())
+        except Exception as e:  # the chat store is down: let the client heal through sync
+            log.warn("could not fill updates {lo}..{hi} of {user}: {e}", lo=lo, hi=hi, user=user_id, e=e)
+            released = self.sequencer.skip_gap(user_id)
+        self._send(user_id, released)
+        self._watch_gap(user_id)
+
+    # -- ephemeral ---------------------------------------------------------------------------
+    def on_ephemeral(self, user_ids: list[str] | None = None, envelope: dict[str, Any] | None = None, **_: Any) -> None:
+        if not envelope:
+            return
+        for user_id in user_ids or []:
+            self.publish(uris.user_topic(user_id), **envelope)
+
+    # -- presence ----------------------------------------------------------------------------
+    async def _seed_presence(self) -> None:
+        try:
+            ids = await self.call("wamp.session.list", [uris.ROLE_USER])
+            for sid in ids:
+                info = await self.call("wamp.session.get", sid)
+                if info and info.get("authid"):
+                    self.presence.join(sid, info["authid"])
+        except Exception as e:
+            log.warn("could not seed presence: {e}", e=e)
+
+    def on_session_join(self, info: dict[str, Any], *args: Any) -> None:
+        if info.get("authrole") == uris.ROLE_USER and info.get("authid") and info.get("session") is not None:
+            if self.presence.join(info["session"], info["authid"]):
+                defer.ensureDeferred(self._announce(info["authid"]))
+
+    def on_session_leave(self, session_id: Any, *args: Any) -> None:
+        user_id = self.presence.leave(session_id, self.clock.now_ms())
+        if user_id is not None:
+            defer.ensureDeferred(self._announce(user_id))
+
+    async def _announce(self, user_id: str) -> None:
+        try:
+            result = await self.call(uris.INTERNAL_CHAT_PARTNERS, user_id=user_id)
+        except Exception as e:
+            log.warn("presence of {user} not announced: {e}", user=user_id, e=e)
+            return
+        envelope = {
+            "type": "presence",
+            "update_id": None,
+            "chat_id": None,
+            "at": self.clock.now_ms(),
+            "data": {"user_id": user_id, **self.presence.get(user_id)},
+        }
+        for partner in result["user_ids"]:
+            self.publish(uris.user_topic(partner), **envelope)
+
+    async def presence_get(self, caller: Caller, user_ids: Any) -> Any:
+        caller.user_id  # noqa: B018 - users only
+        if not isinstance(user_ids, list) or len(user_ids) > PRESENCE_MAX_IDS:
+            raise InvalidArgument(f"user_ids must be a list of at most {PRESENCE_MAX_IDS} user ids")
+        if not all(isinstance(u, str) and len(u) <= 64 for u in user_ids):
+            raise InvalidArgument("user_ids[] must be user ids")
+        return {"presence": {u: self.presence.get(u) for u in user_ids}}
