@@ -20,9 +20,9 @@ def ids(events):
 
 
 @pytest_twisted.ensureDeferred
-async def test_two_users_on_three_devices_see_every_event_with_consecutive_ids(embedded_node):
-    alice = await new_user(embedded_node, devices=2)
-    bob = await new_user(embedded_node)
+async def test_two_users_on_three_devices_see_every_event_with_consecutive_ids(node):
+    alice = await new_user(node, devices=2)
+    bob = await new_user(node)
 
     chat = await alice.d.call(uris.CHAT_CREATE_DIRECT, user_id=bob.user_id)
     assert chat["type"] == "direct" and sorted(chat["member_ids"]) == sorted([alice.user_id, bob.user_id])
@@ -79,8 +79,8 @@ async def test_two_users_on_three_devices_see_every_event_with_consecutive_ids(e
 
 
 @pytest_twisted.ensureDeferred
-async def test_group_fan_out_edit_delete_react_and_membership(embedded_node):
-    alice, bob, carol = [await new_user(embedded_node) for _ in range(3)]
+async def test_group_fan_out_edit_delete_react_and_membership(node):
+    alice, bob, carol = [await new_user(node) for _ in range(3)]
     group = await alice.d.call(uris.CHAT_CREATE_GROUP, title="trip", member_ids=[bob.user_id, carol.user_id])
     gid = group["chat_id"]
     assert group["owner_id"] == alice.user_id and len(group["member_ids"]) == 3
@@ -113,9 +113,9 @@ async def test_group_fan_out_edit_delete_react_and_membership(embedded_node):
 
 
 @pytest_twisted.ensureDeferred
-async def test_offline_user_gets_exactly_what_was_missed_through_sync(embedded_node):
-    alice = await new_user(embedded_node)
-    bob = await new_user(embedded_node)
+async def test_offline_user_gets_exactly_what_was_missed_through_sync(node):
+    alice = await new_user(node)
+    bob = await new_user(node)
     cid = (await alice.d.call(uris.CHAT_CREATE_DIRECT, user_id=bob.user_id))["chat_id"]
     await wait_for(lambda: len(bob.durable()) == 1, what="chat.created")
     held = bob.durable()[-1]["update_id"]
@@ -123,7 +123,7 @@ async def test_offline_user_gets_exactly_what_was_missed_through_sync(embedded_n
     bob.devices.clear()
     for i in range(500):
         await alice.d.call(uris.MESSAGE_SEND, chat_id=cid, client_msg_id=f"x{i}", text=f"message {i}")
-    await add_device(embedded_node, bob)
+    await add_device(node, bob)
     got, since = [], held
     while True:
         page = await bob.d.call(uris.SYNC_GET_UPDATES, since_update_id=since, limit=1000)
@@ -140,11 +140,11 @@ async def test_offline_user_gets_exactly_what_was_missed_through_sync(embedded_n
 
 
 @pytest_twisted.ensureDeferred
-async def test_presence_follows_sessions_and_reaches_chat_partners(embedded_node):
-    alice = await new_user(embedded_node)
-    bob = await new_user(embedded_node)
+async def test_presence_follows_sessions_and_reaches_chat_partners(node):
+    alice = await new_user(node)
+    bob = await new_user(node)
     await alice.d.call(uris.CHAT_CREATE_DIRECT, user_id=bob.user_id)
-    second = await add_device(embedded_node, bob)
+    second = await add_device(node, bob)
     state = await alice.d.call(uris.PRESENCE_GET, user_ids=[bob.user_id])
     assert state["presence"][bob.user_id]["online"] is True
     await bob.d.close()  # one device left: still online
@@ -159,8 +159,8 @@ async def test_presence_follows_sessions_and_reaches_chat_partners(embedded_node
 
 
 @pytest_twisted.ensureDeferred
-async def test_strangers_get_not_found_and_blocked_users_cannot_write(embedded_node):
-    alice, bob, carol = [await new_user(embedded_node) for _ in range(3)]
+async def test_strangers_get_not_found_and_blocked_users_cannot_write(node):
+    alice, bob, carol = [await new_user(node) for _ in range(3)]
     cid = (await alice.d.call(uris.CHAT_CREATE_DIRECT, user_id=bob.user_id))["chat_id"]
     sent = await alice.d.call(uris.MESSAGE_SEND, chat_id=cid, client_msg_id="s", text="secret")
     cases: list[tuple[str, dict[str, Any]]] = [
