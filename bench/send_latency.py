@@ -71,6 +71,17 @@ async def run(url: str, n: int, serializer: str) -> dict[str, Any]:
     }
 
 
+def drop_keyspace(hostport: str, keyspace: str) -> None:
+    from cassandra.cluster import Cluster
+
+    host, port = hostport.rsplit(":", 1)
+    cluster = Cluster([host], port=int(port), connect_timeout=10)
+    try:
+        cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
+    finally:
+        cluster.shutdown()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="ws://127.0.0.1:8080/ws")
@@ -79,9 +90,9 @@ def main() -> None:
     parser.add_argument("--serializer", default="msgpack", choices=["json", "msgpack", "cbor"])
     args = parser.parse_args()
     node = None
+    env: dict[str, str] = {}
+    extra: dict[str, Any] = {}
     if args.start:
-        env: dict[str, str] = {}
-        extra: dict[str, Any] = {}
         if args.start == "distributed":
             env = {
                 "MESSENGER_PG_DSN": os.environ.get("MESSENGER_TEST_PG_DSN", ""),
@@ -104,6 +115,8 @@ def main() -> None:
     reactor.run()  # type: ignore[misc]
     if node:
         node.stop()
+        if extra.get("cassandra_keyspace"):
+            drop_keyspace(os.environ["MESSENGER_TEST_CASSANDRA"], extra["cassandra_keyspace"])
     profile = args.start or args.url
     print(
         f"message.send [{profile}, {args.serializer}]: n={result['sends']} p50={result['p50_ms']:.2f} ms "
