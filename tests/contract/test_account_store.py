@@ -13,10 +13,8 @@ adapters agree on them too (each marked "adapter contract" below):
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +24,6 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 
 from common.errors import Conflict, InvalidArgument, NotFound
-from components.auth.adapters.sqlite import MIGRATIONS, SqliteAccountStore
 from components.auth.domain import (
     Account,
     Device,
@@ -528,25 +525,6 @@ async def test_data_survives_a_restart_and_migrations_are_idempotent(backend: Ba
     for s in (first, *more):
         assert await s.get_account(account.user_id) == account
         assert [k.kid for k in await s.list_signing_keys(0)] == ["k1"]
-
-
-@pytest_twisted.ensureDeferred
-async def test_sqlite_file_settings(tmp_path: Path) -> None:
-    """The embedded profile's file: WAL journal, and one schema_version row per migration."""
-    path = tmp_path / "nested" / "dir" / "auth.db"
-    store = SqliteAccountStore(path)
-    await store.start()
-    await store.stop()
-    await store.start()  # again: nothing to migrate
-    await store.stop()
-    await store.stop()  # harmless
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        versions = [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")]
-        assert versions == list(range(1, len(MIGRATIONS) + 1))
-    finally:
-        conn.close()
 
 
 # -- properties (Hypothesis) -----------------------------------------------------------------------------

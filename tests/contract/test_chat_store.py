@@ -17,10 +17,8 @@ concurrent writes land in one user's stream) are compared as sets.
 
 from __future__ import annotations
 
-import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +28,6 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 
 from common.errors import Conflict, NotFound, Unavailable
-from components.chat.adapters.sqlite import MIGRATIONS, SqliteChatStore
 from components.chat.domain import (
     CHAT_CREATED,
     CHAT_MEMBER_ADDED,
@@ -709,25 +706,6 @@ async def test_a_stopped_store_is_unavailable(chat_backend: ChatBackend) -> None
         await store.get_chat(new_id())
     with pytest.raises(Unavailable):
         await store.append_updates(drafts_for([new_id()], CHAT_UPDATED, None))
-
-
-@pytest_twisted.ensureDeferred
-async def test_sqlite_file_settings(tmp_path: Path) -> None:
-    """The embedded profile's file: WAL journal, and one schema_version row per migration."""
-    path = tmp_path / "nested" / "dir" / "chat.db"
-    store = SqliteChatStore(path)
-    await store.start()
-    await store.stop()
-    await store.start()  # again: nothing to migrate
-    await store.stop()
-    await store.stop()  # harmless
-    conn = sqlite3.connect(path)
-    try:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        versions = [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")]
-        assert versions == list(range(1, len(MIGRATIONS) + 1))
-    finally:
-        conn.close()
 
 
 # -- properties (Hypothesis) -----------------------------------------------------------------------
