@@ -138,6 +138,24 @@ class Message:
     reactions: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
     version: int = 1  # bumped by every stored change (edit, delete, reaction)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Message:
+        """The inverse of :meth:`to_dict` (``version`` is not part of the dict: 1)."""
+        return cls(
+            message_id=d["message_id"],
+            chat_id=d["chat_id"],
+            seq=d["seq"],
+            sender_id=d["sender_id"],
+            client_msg_id=d["client_msg_id"],
+            text=d["text"],
+            sent_at_ms=d["sent_at"],
+            reply_to=d["reply_to"],
+            media=tuple(d["media"]),
+            edited_at_ms=d["edited_at"],
+            deleted=d["deleted"],
+            reactions={emoji: tuple(users) for emoji, users in d["reactions"].items()},
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "message_id": self.message_id,

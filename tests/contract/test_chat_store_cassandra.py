@@ -622,7 +622,6 @@ async def test_stop_closes_the_driver(cassandra_at: tuple[str, int], keyspace: s
 
 
 def test_message_json_round_trip() -> None:
-    from components.chat.adapters.cassandra import _message_from_dict
 
     m = Message(new_id(), new_id(), 3, new_id(), "c", "t", NOW, 1, ("x",), None, False, {"👍": ("u",)})
-    assert _message_from_dict(json.loads(json.dumps(m.to_dict()))) == m
+    assert Message.from_dict(json.loads(json.dumps(m.to_dict()))) == m

@@ -402,24 +402,6 @@ def _message_of(row: Row) -> Message:
     )
 
 
-def _message_from_dict(d: Mapping[str, Any]) -> Message:
-    """The inverse of ``Message.to_dict()`` for a message as first stored (version 1)."""
-    return Message(
-        message_id=d["message_id"],
-        chat_id=d["chat_id"],
-        seq=d["seq"],
-        sender_id=d["sender_id"],
-        client_msg_id=d["client_msg_id"],
-        text=d["text"],
-        sent_at_ms=d["sent_at"],
-        reply_to=d["reply_to"],
-        media=tuple(d["media"]),
-        edited_at_ms=d["edited_at"],
-        deleted=d["deleted"],
-        reactions={emoji: tuple(users) for emoji, users in d["reactions"].items()},
-    )
-
-
 def _message_draft_json(d: MessageDraft) -> str:
     return _dumps({**dataclasses.asdict(d), "media": list(d.media)})
 
@@ -1143,7 +1125,7 @@ class CassandraChatStore:
             return row
         chat = await self._chat_row(chat_id, serial=True)
         if chat is not None and chat["last_seq"] == seq and chat["last_message"]:
-            last = _message_from_dict(json.loads(chat["last_message"]))
+            last = Message.from_dict(json.loads(chat["last_message"]))
             if last.seq == seq:
                 return await self._store_message(last, chat["members"])
         return await self._message_row(chat_id, seq, serial=True)
