@@ -68,8 +68,8 @@ class ChatStore(Protocol):
     async def update_chat(self, chat: Chat, expected_version: int, updates: list[UpdateDraft]) -> list[Update]:
         """Replace the chat row (title, owner, members, updated_at: the caller passes "now") if its stored version is
         ``expected_version``, storing it with ``version = expected_version + 1``; members no longer
-        in ``chat.members`` lose their receipts row, new members get one at
-        ``(chat.last_seq, chat.last_seq)`` (nothing unread from before they joined); plus
+        in ``chat.members`` lose their receipts row, new members get one at the *stored*
+        ``(last_seq, last_seq)`` of the moment of the change (nothing unread from before they joined); plus
         ``updates``; atomically. ``last_seq`` and ``last_message`` are the store's own and are not
         taken from ``chat``. Raises ``Conflict`` if the version differs (the caller re-reads and
         retries) and ``NotFound`` if there is no such chat."""
@@ -106,7 +106,7 @@ class ChatStore(Protocol):
         ...
 
     async def history(self, chat_id: str, lo: int, hi: int) -> list[Message]:
-        """Messages with ``lo <= seq <= hi``, newest first."""
+        """Messages with ``lo <= seq <= hi``, newest first (``hi`` may lie beyond the last seq)."""
         ...
 
     # -- receipts ------------------------------------------------------------------------------
@@ -128,7 +128,7 @@ class ChatStore(Protocol):
         ...
 
     async def get_updates(self, user_id: str, lo: int, hi: int) -> list[Update]:
-        """The user's updates with ``lo <= update_id <= hi``, ascending."""
+        """The user's updates with ``lo <= update_id <= hi``, ascending (``hi`` may lie beyond the last)."""
         ...
 
     async def last_update_id(self, user_id: str) -> int:
