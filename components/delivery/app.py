@@ -1,6 +1,12 @@
 """The delivery component: turns stored updates into events on ``messenger.user.<user_id>``,
 in order per user; relays ephemeral events (typing); keeps presence from session join/leave.
 
+Presence (who is online) lives in memory; ``last_seen`` is also written to a
+:class:`components.delivery.ports.PresenceStore` so it survives a restart:
+
+- ``embedded`` (default): SQLite file ``presence.sqlite3`` under the data folder;
+- ``distributed``: Redis (``MESSENGER_REDIS_URL``, or the variable named by ``extra.redis_url_env``).
+
 Within one node it publishes through the router. Scale-out (issue 4) replaces the internal
 event with a Redis notification per shard; the ordering and gap healing stay as they are.
 """
@@ -12,12 +18,16 @@ from typing import Any
 from autobahn.wamp.types import RegisterOptions
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from common import config
 from common.clock import Clock, SystemClock
 from common.errors import InvalidArgument
 from common.httpserver import http_root
+from common.lifecycle import start_all, until_up
 from common.wampkit import BackendSession, Caller
 from components.delivery.domain import PresenceBook, Sequencer
+from components.delivery.ports import PresenceStore
 from realms import uris
 
 log = Logger(namespace="messenger.delivery")
@@ -31,10 +41,27 @@ class DeliveryComponent(BackendSession):
     def onJoin(self, details: Any) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._start())
 
+    def _build(self, extra: dict[str, Any]) -> tuple[PresenceStore, list[Any]]:
+        """The presence store for the profile, and everything to start (in order) and stop."""
+        if config.profile(extra) == config.EMBEDDED:
+            from components.delivery.adapters.sqlite import SqlitePresenceStore
+
+            sqlite = SqlitePresenceStore(config.data_dir(extra) / "presence.sqlite3")
+            return sqlite, [sqlite]
+        from common.adapters.redis import RedisClient
+        from components.delivery.adapters.redis import RedisPresenceStore
+
+        client = RedisClient.from_url(config.required_env(extra, "redis_url_env", "MESSENGER_REDIS_URL"))
+        store = RedisPresenceStore(client)
+        return store, [client, store]  # the store does not own its client
+
     async def _start(self) -> None:
         from twisted.internet import reactor
 
         self._reactor: Any = reactor
+        extra: dict[str, Any] = dict(self.config.extra or {})
+        self.store, self._closeables = self._build(extra)
+        await until_up("presence storage", lambda: start_all(self._closeables))
         self.sequencer = Sequencer()
         self.presence = PresenceBook()
         self._gap_timers: dict[str, Any] = {}
@@ -44,10 +71,14 @@ class DeliveryComponent(BackendSession):
         await self.subscribe(self.on_session_leave, "wamp.session.on_leave")
         await self.register_procedures({uris.PRESENCE_GET: self.presence_get})
         await self._seed_presence()
-        extra = self.config.extra or {}
         http = extra.get("http") or {}
         http_root(int(http.get("port", 0)), http.get("interface", "127.0.0.1"))
-        log.info("delivery component ready")
+        log.info("delivery component ready ({profile})", profile=config.profile(extra))
+
+    def onLeave(self, details: Any) -> None:
+        for thing in getattr(self, "_closeables", []):
+            defer.ensureDeferred(thing.stop())
+        super().onLeave(details)
 
     # -- durable updates ---------------------------------------------------------------------
     def on_updates(self, updates: list[dict[str, Any]] | None = None, **_: Any) -> None:
@@ -110,9 +141,17 @@ class DeliveryComponent(BackendSession):
                 defer.ensureDeferred(self._announce(info["authid"]))
 
     def on_session_leave(self, session_id: Any, *args: Any) -> None:
-        user_id = self.presence.leave(session_id, self.clock.now_ms())
+        now = self.clock.now_ms()
+        user_id = self.presence.leave(session_id, now)
         if user_id is not None:
+            self._save_last_seen(user_id, now)  # in the background: the event does not wait for it
             defer.ensureDeferred(self._announce(user_id))
+
+    def _save_last_seen(self, user_id: str, at_ms: int) -> None:
+        def failed(f: Failure) -> None:
+            log.warn("last_seen of {user} not stored: {e}", user=user_id, e=f.value)
+
+        defer.ensureDeferred(self.store.set_last_seen(user_id, at_ms)).addErrback(failed)
 
     async def _announce(self, user_id: str) -> None:
         try:
@@ -136,4 +175,15 @@ class DeliveryComponent(BackendSession):
             raise InvalidArgument(f"user_ids must be a list of at most {PRESENCE_MAX_IDS} user ids")
         if not all(isinstance(u, str) and len(u) <= 64 for u in user_ids):
             raise InvalidArgument("user_ids[] must be user ids")
-        return {"presence": {u: self.presence.get(u) for u in user_ids}}
+        presence = {u: self.presence.get(u) for u in user_ids}
+        # last_seen from memory when this process saw the user leave, else from the store
+        missing = [u for u, p in presence.items() if p["last_seen"] is None]
+        if missing:
+            try:
+                stored = await self.store.get_last_seen(missing)
+            except Exception as e:  # best effort: online state is still right, last_seen stays unknown
+                log.warn("could not read last_seen: {e}", e=e)
+                stored = {}
+            for u, at_ms in stored.items():
+                presence[u]["last_seen"] = at_ms
+        return {"presence": presence}

@@ -9,8 +9,9 @@ import pytest_twisted
 from autobahn.wamp.exception import ApplicationError
 
 from realms import uris
-from tests.integration.chat_helpers import add_device, close_all, new_user, wait_for
+from tests.integration.chat_helpers import User, add_device, close_all, new_user, wait_for
 from tests.support.client import call_error
+from tests.support.node import Node
 
 pytestmark = pytest.mark.node
 
@@ -200,3 +201,31 @@ async def test_strangers_get_not_found_and_blocked_users_cannot_write(node):
         await close_all(alice, bob, carol)
     except ApplicationError:
         pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_last_seen_survives_a_node_restart(tmp_path):
+    """``last_seen`` is stored (``presence.sqlite3``): a restarted delivery component still knows it."""
+    node = Node(tmp_path / "first", profile="embedded").start()
+    try:
+        alice, bob = await new_user(node), await new_user(node)
+        await alice.d.call(uris.CHAT_CREATE_DIRECT, user_id=bob.user_id)
+        await bob.d.close()
+        await wait_for(lambda: any(e["data"]["online"] is False for e in alice.of_type("presence")), what="offline")
+        last_seen = alice.of_type("presence")[-1]["data"]["last_seen"]
+        assert isinstance(last_seen, int)
+        await close_all(alice)
+    finally:
+        node.stop()
+    # a new process on the same data folder
+    node = Node(tmp_path / "second", profile="embedded", extra={"data_dir": str(node.data_dir)}).start()
+    try:
+        again = User(alice.user_id, alice.username)
+        await add_device(node, again)
+        state = await again.d.call(uris.PRESENCE_GET, user_ids=[bob.user_id, alice.user_id])
+        assert state["presence"][bob.user_id] == {"online": False, "last_seen": last_seen}
+        mine = state["presence"][alice.user_id]  # online again; her leave before the restart is remembered
+        assert mine["online"] is True and isinstance(mine["last_seen"], int) and mine["last_seen"] >= last_seen
+        await close_all(again)
+    finally:
+        node.stop()

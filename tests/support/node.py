@@ -100,25 +100,41 @@ class Node:
         return cfg
 
     def start(self, timeout: float = 60.0) -> Node:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._proc.start_crossbar(self.config(), self.env)
-        try:
-            self.wait_ready(timeout)
-        except Exception:
-            self.stop()
-            raise
+        """Start and block until ready (for fixtures that run outside the reactor)."""
+        self._spawn()
+        deadline = time.monotonic() + timeout
+        while not self._ready(deadline):
+            time.sleep(0.1)
         return self
 
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.exited():
-                raise RuntimeError(f"crossbar exited; log:\n{self.log_tail()}")
-            if all(f"{c} component ready" in self.log_text() for c in READY_MARKERS):
-                wait_port(self.ws_port, max(1.0, deadline - time.monotonic()))
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"node not ready after {timeout} s; log:\n{self.log_tail()}")
+    async def start_async(self, within: float = 60.0) -> Node:
+        """Start and wait without blocking the reactor (when the test process itself serves
+        something the node needs, e.g. a relay in front of a dependency)."""
+        from twisted.internet import reactor, task
+
+        self._spawn()
+        deadline = time.monotonic() + within
+        while not self._ready(deadline):
+            await task.deferLater(reactor, 0.1, lambda: None)
+        return self
+
+    def _spawn(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._proc.start_crossbar(self.config(), self.env)
+
+    def _ready(self, deadline: float) -> bool:
+        failure: str | None = None
+        if self._proc.exited():
+            failure = f"crossbar exited; log:\n{self.log_tail()}"
+        elif all(f"{c} component ready" in self.log_text() for c in READY_MARKERS):
+            wait_port(self.ws_port, max(1.0, deadline - time.monotonic()))
+            return True
+        elif time.monotonic() > deadline:
+            failure = f"node not ready in time; log:\n{self.log_tail()}"
+        if failure:
+            self.stop()
+            raise RuntimeError(failure)
+        return False
 
     def log_text(self) -> str:
         return self._proc.log_text()

@@ -1,0 +1,1 @@
+"""Adapters of the delivery component's ports (``components/delivery/ports.py``)."""
