@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.wamp.types import RegisterOptions
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -31,6 +31,8 @@ from components.delivery.ports import PresenceStore
 from realms import uris
 
 log = Logger(namespace="messenger.delivery")
+STREAM_IDLE_MS = 10 * 60_000  # forget a user's ordering state after 10 idle minutes
+STREAM_PRUNE_EVERY_S = 60.0
 GAP_WAIT_S = 0.25  # how long an early update waits for the missing ones before they are fetched
 PRESENCE_MAX_IDS = 200
 
@@ -73,9 +75,22 @@ class DeliveryComponent(BackendSession):
         await self._seed_presence()
         http = extra.get("http") or {}
         http_root(int(http.get("port", 0)), http.get("interface", "127.0.0.1"))
+        # per-user ordering state is kept only for users active lately
+        self._pruner = task.LoopingCall(self._prune)
+        self._pruner.clock = reactor
+        self._pruner.start(STREAM_PRUNE_EVERY_S, now=False)
         log.info("delivery component ready ({profile})", profile=config.profile(extra))
 
+    def _prune(self) -> None:
+        self.sequencer.forget_idle(self.clock.now_ms() - STREAM_IDLE_MS)
+
     def onLeave(self, details: Any) -> None:
+        pruner = getattr(self, "_pruner", None)
+        if pruner is not None and pruner.running:
+            pruner.stop()
+        for timer in getattr(self, "_gap_timers", {}).values():
+            if timer.active():
+                timer.cancel()
         for thing in getattr(self, "_closeables", []):
             defer.ensureDeferred(thing.stop())
         super().onLeave(details)
