@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from common.errors import InvalidArgument
 from common.wampkit import Caller, Handler
 from components.chat import domain as d
 from components.chat.domain import Update
@@ -144,7 +145,7 @@ class ChatWamp:
     async def internal_updates(self, caller: Caller, user_id: Any, lo: Any, hi: Any) -> Any:
         uid = d.validate_id(user_id, "user_id")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (lo, hi)):
-            raise d.InvalidArgument("lo and hi must be integers")
+            raise InvalidArgument("lo and hi must be integers")
         hi = min(hi, lo + d.PAGE_MAX - 1)
         updates = await self.s.updates_between(uid, lo, hi)
         return {"updates": [u.envelope() for u in updates]}
