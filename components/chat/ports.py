@@ -47,6 +47,20 @@ class MessageDraft:
     reply_to: int | None = None
     media: tuple[str, ...] = ()
 
+    def accepted(self, seq: int) -> Message:
+        """The message this draft becomes when the store gives it ``seq`` (version 1)."""
+        return Message(
+            message_id=self.message_id,
+            chat_id=self.chat_id,
+            seq=seq,
+            sender_id=self.sender_id,
+            client_msg_id=self.client_msg_id,
+            text=self.text,
+            sent_at_ms=self.sent_at_ms,
+            reply_to=self.reply_to,
+            media=tuple(self.media),
+        )
+
 
 @dataclass(frozen=True)
 class Appended:

@@ -9,7 +9,6 @@ Redis: ``MESSENGER_TEST_REDIS_URL`` (e.g. ``redis://127.0.0.1:56379/0``, see
 
 from __future__ import annotations
 
-import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,21 +27,10 @@ from common.adapters.redis import RedisClient
 from components.delivery.adapters.redis import RedisPresenceStore
 from components.delivery.adapters.sqlite import SqlitePresenceStore
 from components.delivery.ports import MAX_AT_MS, PresenceStore
+from tests.support.env import REDIS_URL_ENV, redis_url
 
 REACTOR: Any = _reactor
-REDIS_URL_ENV = "MESSENGER_TEST_REDIS_URL"
 NOW = 1_700_000_000_000
-
-
-def redis_url() -> str:
-    url = os.environ.get(REDIS_URL_ENV, "").strip()
-    if not url:
-        pytest.fail(
-            f"{REDIS_URL_ENV} is not set. Start the test services with `scripts/services.sh up` and export "
-            f"{REDIS_URL_ENV}=redis://127.0.0.1:56379/0 (or deselect with -m 'not redis').",
-            pytrace=False,
-        )
-    return url
 
 
 def check_redis_reachable(url: str) -> None:

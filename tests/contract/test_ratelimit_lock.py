@@ -12,7 +12,6 @@ closed port, the other runs its own ``redis-server`` in a temporary directory.
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
@@ -36,21 +35,10 @@ from common.adapters.redis import RedisClient, RedisLock, RedisRateLimiter
 from common.clock import FixedClock
 from common.errors import Unavailable
 from common.ports import Lock, RateLimiter
+from tests.support.env import REDIS_URL_ENV, redis_url
 
 REACTOR: Any = _reactor
-REDIS_URL_ENV = "MESSENGER_TEST_REDIS_URL"
 REDIS_SERVER = "/usr/bin/redis-server"
-
-
-def redis_url() -> str:
-    url = os.environ.get(REDIS_URL_ENV, "").strip()
-    if not url:
-        pytest.fail(
-            f"{REDIS_URL_ENV} is not set. Start the test services with `scripts/services.sh up` and export "
-            f"{REDIS_URL_ENV}=redis://127.0.0.1:56379/0 (or deselect with -m 'not redis').",
-            pytrace=False,
-        )
-    return url
 
 
 async def sleep(ms: float) -> None:

@@ -411,20 +411,6 @@ def _message_draft_of(text: str) -> MessageDraft:
     return MessageDraft(**{**d, "media": tuple(d["media"])})
 
 
-def _new_message(d: MessageDraft, seq: int) -> Message:
-    return Message(
-        message_id=d.message_id,
-        chat_id=d.chat_id,
-        seq=seq,
-        sender_id=d.sender_id,
-        client_msg_id=d.client_msg_id,
-        text=d.text,
-        sent_at_ms=d.sent_at_ms,
-        reply_to=d.reply_to,
-        media=d.media,
-    )
-
-
 def _update_draft_json(d: UpdateDraft) -> dict[str, Any]:
     return dataclasses.asdict(d)
 
@@ -1024,7 +1010,7 @@ class CassandraChatStore:
                     "chat_alloc",
                     (
                         seq,
-                        _dumps(_new_message(draft, seq).to_dict()),
+                        _dumps(draft.accepted(seq).to_dict()),
                         draft.sent_at_ms,
                         chat_id,
                         last_seq,
@@ -1048,7 +1034,7 @@ class CassandraChatStore:
                     row = {**row, **r.row}
             self._checkpoint("append.allocated")
             if row["last_seq"] == seq:
-                return await self._store_message(_new_message(draft, seq), row["members"])
+                return await self._store_message(draft.accepted(seq), row["members"])
         stored = await self._ensure_message(chat_id, seq)
         if stored is None:
             raise Unavailable("the message is being stored; retry")

@@ -312,17 +312,7 @@ class SqliteChatStore(SqliteStore):
             row = conn.execute("SELECT last_seq FROM chats WHERE chat_id = ?", (draft.chat_id,)).fetchone()
             if row is None:
                 raise NotFound("no such chat")
-            message = Message(
-                message_id=draft.message_id,
-                chat_id=draft.chat_id,
-                seq=row[0] + 1,
-                sender_id=draft.sender_id,
-                client_msg_id=draft.client_msg_id,
-                text=draft.text,
-                sent_at_ms=draft.sent_at_ms,
-                reply_to=draft.reply_to,
-                media=tuple(draft.media),
-            )
+            message = draft.accepted(row[0] + 1)
             conn.execute(
                 f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
