@@ -212,6 +212,7 @@ class _Proc:
         self.cbdir = cbdir
         self.log_path = cbdir.parent / log_name
         self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
 
     def start_crossbar(self, config: dict[str, Any], extra_env: dict[str, str]) -> None:
         self.cbdir.mkdir(parents=True, exist_ok=True)
@@ -228,6 +229,8 @@ class _Proc:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MESSENGER_")}
         env.update(extra_env)
         env["PYTHONPATH"] = str(ROOT)
+        # readiness is judged on this start's lines only (a restart appends to the same log)
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.cbdir), start_new_session=True
@@ -238,7 +241,9 @@ class _Proc:
 
     def log_text(self) -> str:
         try:
-            return self.log_path.read_text(errors="replace")
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_offset)
+                return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
 
