@@ -7,9 +7,11 @@ The file names the router and the components:
     {"router": {"url": "rs://127.0.0.1:8081", "realm": "messenger", "serializer": "msgpack"},
      "components": [{"classname": "components.auth.app.AuthComponent", "extra": {...}}]}
 
-``MESSENGER_ROUTER_URL`` overrides the router URL. Each component reconnects with backoff
-whenever the router goes away (a Crossbar container restarts a component only once), so a
-components process survives router restarts and can run on any machine and in any number.
+``router.urls`` (a list) or ``MESSENGER_ROUTER_URLS`` (comma-separated) names several router
+shards: every component then joins every shard (one session each), so a call made on any
+shard is served. ``MESSENGER_ROUTER_URL`` overrides a single URL. Each session reconnects with
+backoff whenever its router goes away (a Crossbar container restarts a component only once),
+so a components process survives router restarts and can run on any machine and in any number.
 """
 
 from __future__ import annotations
@@ -36,26 +38,40 @@ def load_class(dotted: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+def router_urls(router: dict[str, Any]) -> list[str]:
+    env_many = os.environ.get("MESSENGER_ROUTER_URLS")
+    if env_many:
+        return [u.strip() for u in env_many.split(",") if u.strip()]
+    env_one = os.environ.get("MESSENGER_ROUTER_URL")
+    if env_one:
+        return [env_one]
+    urls = router.get("urls") or [router.get("url") or "rs://127.0.0.1:8081"]
+    return [str(u) for u in urls]
+
+
 def start(config: dict[str, Any]) -> None:
     router = config.get("router") or {}
-    url = os.environ.get("MESSENGER_ROUTER_URL") or router.get("url") or "rs://127.0.0.1:8081"
     realm = router.get("realm", "messenger")
     serializer = SERIALIZERS[router.get("serializer", "msgpack")]()
-    for spec in config["components"]:
-        cls = load_class(spec["classname"])
-        runner = ApplicationRunner(
-            url,
-            realm,
-            extra=spec.get("extra") or {},
-            serializers=[serializer],  # type: ignore[list-item]
-            max_retries=-1,
-            initial_retry_delay=0.2,
-            max_retry_delay=5.0,
-            retry_delay_growth=1.5,
-            retry_delay_jitter=0.1,
-        )
-        runner.run(cls, start_reactor=False, auto_reconnect=True)
-        log.info("component {cls} connecting to {url}", cls=spec["classname"], url=url)
+    for url in router_urls(router):
+        for spec in config["components"]:
+            _start_one(url, realm, serializer, spec)
+
+
+def _start_one(url: str, realm: str, serializer: Any, spec: dict[str, Any]) -> None:
+    runner = ApplicationRunner(
+        url,
+        realm,
+        extra=spec.get("extra") or {},
+        serializers=[serializer],
+        max_retries=-1,
+        initial_retry_delay=0.2,
+        max_retry_delay=5.0,
+        retry_delay_growth=1.5,
+        retry_delay_jitter=0.1,
+    )
+    runner.run(load_class(spec["classname"]), start_reactor=False, auto_reconnect=True)
+    log.info("component {cls} connecting to {url}", cls=spec["classname"], url=url)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -78,3 +78,40 @@ async def test_components_rejoin_by_themselves_when_the_router_node_restarts(spl
     print(f"components back {30 - (deadline - time.monotonic()):.1f} s after the router restarted")
     assert (await again.call(uris.USER_ME))["user_id"] == tokens["user_id"]
     await again.close()
+
+
+@pytest.fixture(scope="module")
+def two_shards(tmp_path_factory, distributed_env, backend_ticket):
+    env, extra = distributed_env()
+    env["MESSENGER_BACKEND_TICKET"] = backend_ticket
+    nodes = SplitNodes(tmp_path_factory.mktemp("shards"), env, extra, shards=2).start()
+    yield nodes
+    nodes.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_components_join_every_shard_so_calls_are_served_on_any(two_shards):
+    """Step 1 of the scale-out plan (docs/design/scale-out.md). Live events still reach only
+    the users on the shard where the change was made; users elsewhere get it through sync
+    until the Redis bus lands (issue 4)."""
+    a, b = two_shards.shards
+    guest = await connect(b.url)
+    name = f"shard_{secrets.token_hex(4)}"
+    await guest.call(uris.AUTH_REGISTER, username=name, password="correct horse battery")
+    await guest.close()
+    guest = await connect(a.url)
+    tokens = await guest.call(uris.AUTH_LOGIN, username=name, password="correct horse battery")
+    other = await guest.call(uris.AUTH_REGISTER, username=f"{name}_x", password="correct horse battery")
+    other_tokens = await guest.call(uris.AUTH_LOGIN, username=f"{name}_x", password="correct horse battery")
+    await guest.close()
+    on_b = await connect(b.url, ticket=tokens["access_token"])
+    on_a = await connect(a.url, ticket=other_tokens["access_token"])
+    assert (await on_b.call(uris.USER_ME))["username"] == name
+    chat = await on_a.call(uris.CHAT_CREATE_DIRECT, user_id=tokens["user_id"])
+    sent = await on_a.call(uris.MESSAGE_SEND, chat_id=chat["chat_id"], client_msg_id="x1", text="across shards")
+    synced = await on_b.call(uris.SYNC_GET_UPDATES, since_update_id=0)
+    news = [u for u in synced["updates"] if u["type"] == "message.new"]
+    assert [u["data"]["message_id"] for u in news] == [sent["message_id"]]
+    assert other["user_id"] == other_tokens["user_id"]
+    await on_a.close()
+    await on_b.close()

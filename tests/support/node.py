@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -146,65 +147,94 @@ class Node:
         self._proc.stop()
 
 
-class SplitNodes:
-    """The shipped distributed configs: a router node (``config/distributed/router``) and a
-    components process (``python -m common.runner config/distributed/components.json``) joined
-    over the ticket-authenticated TCP backend transport."""
-
-    def __init__(self, workdir: Path, env: dict[str, str], extra: dict[str, Any] | None = None) -> None:
-        self.workdir = workdir
-        self.env = env
-        self.extra = extra or {}
-        self.ws_port, self.backend_port = free_port(), free_port()
-        self.metrics_port, self.auth_http_port = free_port(), free_port()
-        self.router = _Proc(workdir / "router", "router.log")
-        self.components = _Proc(workdir / "components", "components.log")
+@dataclass
+class _Shard:
+    proc: _Proc
+    ws_port: int = field(default_factory=free_port)
+    backend_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.ws_port}/ws"
 
-    def _configs(self) -> tuple[dict[str, Any], dict[str, Any]]:
+
+class SplitNodes:
+    """The shipped distributed configs: ``shards`` router nodes (``config/distributed/router``)
+    and one components process (``python -m common.runner config/distributed/components.json``)
+    joined to every router over the ticket-authenticated TCP backend transport."""
+
+    def __init__(
+        self, workdir: Path, env: dict[str, str], extra: dict[str, Any] | None = None, shards: int = 1
+    ) -> None:
+        self.workdir = workdir
+        self.env = env
+        self.extra = extra or {}
+        self.auth_http_port = free_port()
+        self.shards = [_Shard(_Proc(workdir / f"router{i}", f"router{i}.log")) for i in range(shards)]
+        self.components = _Proc(workdir / "components", "components.log")
+
+    @property
+    def router(self) -> _Proc:
+        return self.shards[0].proc
+
+    @property
+    def url(self) -> str:
+        return self.shards[0].url
+
+    @property
+    def backend_port(self) -> int:
+        return self.shards[0].backend_port
+
+    def _router_config(self, shard: _Shard) -> dict[str, Any]:
         router: dict[str, Any] = json.loads((ROOT / "config/distributed/router/config.json").read_text())
-        comps: dict[str, Any] = json.loads((ROOT / "config/distributed/components.json").read_text())
         for worker in router["workers"]:
             worker["options"]["pythonpath"] = [str(ROOT)]
             for t in worker["transports"]:
                 if t["id"] == "clients":
-                    t["endpoint"].update(port=self.ws_port, interface="127.0.0.1")
+                    t["endpoint"].update(port=shard.ws_port, interface="127.0.0.1")
                     t["paths"]["/"]["extra"]["auth_http"]["port"] = self.auth_http_port
                 elif t["id"] == "backends":
-                    t["endpoint"]["port"] = self.backend_port
+                    t["endpoint"]["port"] = shard.backend_port
                 elif t["id"] == "router_metrics":
-                    t["endpoint"]["port"] = self.metrics_port
-        comps["router"]["url"] = f"rs://127.0.0.1:{self.backend_port}"
+                    t["endpoint"]["port"] = shard.metrics_port
+        return router
+
+    def _components_config(self) -> dict[str, Any]:
+        comps: dict[str, Any] = json.loads((ROOT / "config/distributed/components.json").read_text())
+        comps["router"].pop("url", None)
+        comps["router"]["urls"] = [f"rs://127.0.0.1:{s.backend_port}" for s in self.shards]
         for c in comps["components"]:
             c["extra"]["http"]["port"] = self.auth_http_port
             c["extra"]["limits"] = copy.deepcopy(RELAXED_LIMITS)
             c["extra"].update(copy.deepcopy(self.extra))
-        return router, comps
+        return comps
 
     def start(self, timeout: float = 60.0) -> SplitNodes:
-        router, comps = self._configs()
-        self.router.start_crossbar(router, self.env)
-        wait_port(self.ws_port, timeout)
-        self.components.start_runner(comps, self.env)
+        for shard in self.shards:
+            shard.proc.start_crossbar(self._router_config(shard), self.env)
+        for shard in self.shards:
+            wait_port(shard.ws_port, timeout)
+        self.components.start_runner(self._components_config(), self.env)
         deadline = time.monotonic() + timeout
-        while not all(f"{c} component ready" in self.components.log_text() for c in READY_MARKERS):
+        needed = len(self.shards)
+        while not all(self.components.log_text().count(f"{c} component ready") >= needed for c in READY_MARKERS):
             if time.monotonic() > deadline or self.components.exited():
                 self.stop()
                 raise RuntimeError(f"components not ready; log:\n{self.components.log_text()[-4000:]}")
             time.sleep(0.1)
         return self
 
-    def restart_router(self) -> None:
-        self.router.stop()
-        self.router.start_crossbar(self._configs()[0], self.env)
-        wait_port(self.ws_port, 30)
+    def restart_router(self, index: int = 0) -> None:
+        shard = self.shards[index]
+        shard.proc.stop()
+        shard.proc.start_crossbar(self._router_config(shard), self.env)
+        wait_port(shard.ws_port, 30)
 
     def stop(self) -> None:
         self.components.stop()
-        self.router.stop()
+        for shard in self.shards:
+            shard.proc.stop()
 
 
 class _Proc:
