@@ -54,8 +54,9 @@ INTERNAL_USER_BLOCKED = "messenger.internal.user.is_blocked"
 INTERNAL_USERS_EXISTING = "messenger.internal.user.existing"
 INTERNAL_CHAT_UPDATES = "messenger.internal.chat.updates"
 INTERNAL_CHAT_PARTNERS = "messenger.internal.chat.partners"
-# chat -> delivery (shared registration, invoke "first": one active delivery per router, the
-# others stand by, so every update is published once and in order)
+# chat -> delivery in the embedded profile (shared registration, invoke "first": one active
+# delivery per router, the others stand by, so every update is published once and in order);
+# the distributed profile notifies through per-user Redis channels instead
 INTERNAL_DELIVER = "messenger.internal.deliver"  # stored updates to publish
 INTERNAL_DELIVER_EPHEMERAL = "messenger.internal.deliver_ephemeral"  # typing and the like
 EVENT_DEVICE_REVOKED = "messenger.internal.device_revoked"

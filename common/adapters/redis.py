@@ -50,6 +50,14 @@ from common.resilience import CircuitBreaker
 T = TypeVar("T")
 
 DEFAULT_PREFIX = "messenger:"
+# per-user pub/sub channel: chat publishes a user's new updates there, the delivery component
+# of every router shard the user is connected to subscribes (docs/design/scale-out.md, step 2)
+USER_CHANNEL_PREFIX = f"{DEFAULT_PREFIX}u:"
+
+
+def user_channel(user_id: str) -> str:
+    return USER_CHANNEL_PREFIX + user_id
+
 
 log = Logger()
 

@@ -2,7 +2,9 @@
 
 - ``embedded`` (default): SQLite file ``chat.sqlite3`` under the data folder, in-process rate limits.
 - ``distributed``: Cassandra (``MESSENGER_CASSANDRA`` = ``host[:port][,host...]``, keyspace from
-  ``extra.cassandra_keyspace``), Redis rate limits (``MESSENGER_REDIS_URL``).
+  ``extra.cassandra_keyspace``), Redis rate limits (``MESSENGER_REDIS_URL``); new updates and
+  ephemeral events are published on per-user Redis channels (every shard's delivery listens)
+  instead of being handed to ``messenger.internal.deliver`` on this session's router.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from common.clock import Clock, SystemClock
 from common.httpserver import http_root
 from common.lifecycle import start_all, until_up
 from common.wampkit import BackendSession
-from components.chat.service import ChatLimits, ChatService
+from components.chat.service import ChatLimits, ChatService, Notifier
 from components.chat.wamp import ChatWamp, WampDirectory, WampNotifier
 
 log = Logger(namespace="messenger.chat")
@@ -31,31 +33,33 @@ class ChatComponent(BackendSession):
     def onJoin(self, details: Any) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._start())
 
-    async def _build(self, extra: dict[str, Any]) -> tuple[Any, Any, list[Any]]:
+    async def _build(self, extra: dict[str, Any]) -> tuple[Any, Any, Notifier, list[Any]]:
+        """Store, rate limiter and notifier for the profile, and everything to start and stop."""
         from twisted.internet import reactor
 
         if config.profile(extra) == config.EMBEDDED:
             from components.chat.adapters.sqlite import SqliteChatStore
 
             store: Any = SqliteChatStore(config.data_dir(extra) / "chat.sqlite3")
-            return store, MemoryRateLimiter(self.clock), [store]
+            return store, MemoryRateLimiter(self.clock), WampNotifier(self), [store]
         from common.adapters.redis import RedisClient, RedisRateLimiter
         from components.chat.adapters.cassandra import CassandraChatStore
+        from components.chat.adapters.redis_notifier import RedisNotifier
 
         hosts, port = _cassandra_location(config.required_env(extra, "cassandra_env", "MESSENGER_CASSANDRA"))
         store = CassandraChatStore(hosts, port, str(extra.get("cassandra_keyspace", "messenger")), reactor)
         redis = RedisClient.from_url(config.required_env(extra, "redis_url_env", "MESSENGER_REDIS_URL"))
-        return store, RedisRateLimiter(redis), [store, redis]
+        return store, RedisRateLimiter(redis), RedisNotifier(redis), [store, redis]
 
     async def _start(self) -> None:
         extra: dict[str, Any] = dict(self.config.extra or {})
-        store, limiter, self._closeables = await self._build(extra)
+        store, limiter, notifier, self._closeables = await self._build(extra)
         await until_up("chat storage", lambda: start_all(self._closeables))
         limits = extra.get("limits") or {}
         service = ChatService(
             store,
             WampDirectory(self),
-            WampNotifier(self),
+            notifier,
             limiter,
             self.clock,
             ChatLimits(**{k: int(v) for k, v in limits.items() if k in ChatLimits.__dataclass_fields__}),

@@ -7,12 +7,23 @@ Presence (who is online) lives in memory; ``last_seen`` is also written to a
 - ``embedded`` (default): SQLite file ``presence.sqlite3`` under the data folder;
 - ``distributed``: Redis (``MESSENGER_REDIS_URL``, or the variable named by ``extra.redis_url_env``).
 
-Within one node it publishes through the router. Scale-out (issue 4) replaces the internal
-event with a Redis notification per shard; the ordering and gap healing stay as they are.
+How updates arrive:
+
+- ``embedded``: chat calls ``messenger.internal.deliver`` / ``deliver_ephemeral`` on the one
+  router (shared registration, ``invoke: first``);
+- ``distributed``: chat publishes them on per-user Redis channels; this session watches the
+  channels of the users connected to *its* router (first session joins: subscribe; last one
+  leaves: unsubscribe; :mod:`components.delivery.adapters.redis_feed`), so every router shard
+  a user is connected to publishes to that user's devices on it. The internal procedures stay
+  registered (nothing calls them there).
+
+Either way durable updates go through the :class:`Sequencer` (in order, gaps healed from the
+store) and are published on the local router to ``messenger.user.<user_id>``.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from autobahn.wamp.types import RegisterOptions
@@ -43,30 +54,34 @@ class DeliveryComponent(BackendSession):
     def onJoin(self, details: Any) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._start())
 
-    def _build(self, extra: dict[str, Any]) -> tuple[PresenceStore, list[Any]]:
-        """The presence store for the profile, and everything to start (in order) and stop."""
+    def _build(self, extra: dict[str, Any]) -> tuple[PresenceStore, Any, list[Any]]:
+        """The presence store and the notification feed (None: updates come by RPC) for the
+        profile, and everything to start (in order) and stop."""
         if config.profile(extra) == config.EMBEDDED:
             from components.delivery.adapters.sqlite import SqlitePresenceStore
 
             sqlite = SqlitePresenceStore(config.data_dir(extra) / "presence.sqlite3")
-            return sqlite, [sqlite]
+            return sqlite, None, [sqlite]
         from common.adapters.redis import RedisClient
         from components.delivery.adapters.redis import RedisPresenceStore
+        from components.delivery.adapters.redis_feed import RedisFeed
 
-        client = RedisClient.from_url(config.required_env(extra, "redis_url_env", "MESSENGER_REDIS_URL"))
+        url = config.required_env(extra, "redis_url_env", "MESSENGER_REDIS_URL")
+        client = RedisClient.from_url(url)
         store = RedisPresenceStore(client)
-        return store, [client, store]  # the store does not own its client
+        feed = RedisFeed.from_url(url, self.on_notification)
+        return store, feed, [client, store, feed]  # the store does not own its client
 
     async def _start(self) -> None:
         from twisted.internet import reactor
 
         self._reactor: Any = reactor
         extra: dict[str, Any] = dict(self.config.extra or {})
-        self.store, self._closeables = self._build(extra)
-        await until_up("presence storage", lambda: start_all(self._closeables))
         self.sequencer = Sequencer()
         self.presence = PresenceBook()
         self._gap_timers: dict[str, Any] = {}
+        self.store, self._feed, self._closeables = self._build(extra)
+        await until_up("presence storage", lambda: start_all(self._closeables))
         await self.register(self.on_updates, uris.INTERNAL_DELIVER, options=RegisterOptions(invoke="first"))
         await self.register(self.on_ephemeral, uris.INTERNAL_DELIVER_EPHEMERAL, options=RegisterOptions(invoke="first"))
         await self.subscribe(self.on_session_join, "wamp.session.on_join")
@@ -132,6 +147,36 @@ class DeliveryComponent(BackendSession):
         self._send(user_id, released)
         self._watch_gap(user_id)
 
+    # -- from the Redis feed (distributed) --------------------------------------------------------
+    def on_notification(self, user_id: str, payload: bytes) -> None:
+        """A JSON list of envelopes for ``user_id``: durable ones (with an ``update_id``) go
+        through the sequencer, ephemeral ones straight to the user's topic."""
+        try:
+            envelopes = json.loads(payload)
+        except ValueError:
+            log.warn("unreadable notification for {user}", user=user_id)
+            return
+        if not isinstance(envelopes, list):
+            return
+        durable: list[dict[str, Any]] = []
+        for env in envelopes:
+            if not isinstance(env, dict):
+                continue
+            if isinstance(env.get("update_id"), int):
+                durable.append({**env, "user_id": user_id})
+            else:
+                self.publish(uris.user_topic(user_id), **env)
+        if durable:
+            self.on_updates(durable)
+
+    def _watch(self, user_id: str) -> None:
+        if self._feed is not None:
+            self._feed.watch(user_id)
+
+    def _unwatch(self, user_id: str) -> None:
+        if self._feed is not None:
+            self._feed.unwatch(user_id)
+
     # -- ephemeral ---------------------------------------------------------------------------
     def on_ephemeral(self, user_ids: list[str] | None = None, envelope: dict[str, Any] | None = None, **_: Any) -> None:
         if not envelope:
@@ -145,20 +190,22 @@ class DeliveryComponent(BackendSession):
             ids = await self.call("wamp.session.list", [uris.ROLE_USER])
             for sid in ids:
                 info = await self.call("wamp.session.get", sid)
-                if info and info.get("authid"):
-                    self.presence.join(sid, info["authid"])
+                if info and info.get("authid") and self.presence.join(sid, info["authid"]):
+                    self._watch(info["authid"])
         except Exception as e:
             log.warn("could not seed presence: {e}", e=e)
 
     def on_session_join(self, info: dict[str, Any], *args: Any) -> None:
         if info.get("authrole") == uris.ROLE_USER and info.get("authid") and info.get("session") is not None:
             if self.presence.join(info["session"], info["authid"]):
+                self._watch(info["authid"])
                 defer.ensureDeferred(self._announce(info["authid"]))
 
     def on_session_leave(self, session_id: Any, *args: Any) -> None:
         now = self.clock.now_ms()
         user_id = self.presence.leave(session_id, now)
         if user_id is not None:
+            self._unwatch(user_id)
             self._save_last_seen(user_id, now)  # in the background: the event does not wait for it
             defer.ensureDeferred(self._announce(user_id))
 

@@ -14,7 +14,9 @@ from autobahn.wamp.types import ComponentConfig
 from twisted.internet import reactor, task
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
+from common.adapters.redis import RedisClient, user_channel
 from realms import uris
+from tests.integration.chat_helpers import add_device, close_all, new_user, wait_for
 from tests.integration.helpers import user_session
 from tests.support.client import Client, JoinFailed, connect
 from tests.support.node import SplitNodes
@@ -91,9 +93,8 @@ def two_shards(tmp_path_factory, distributed_env, backend_ticket):
 
 @pytest_twisted.ensureDeferred
 async def test_components_join_every_shard_so_calls_are_served_on_any(two_shards):
-    """Step 1 of the scale-out plan (docs/design/scale-out.md). Live events still reach only
-    the users on the shard where the change was made; users elsewhere get it through sync
-    until the Redis bus lands (issue 4)."""
+    """Step 1 of the scale-out plan (docs/design/scale-out.md): a user on either shard is served,
+    and sync answers the same updates on every shard."""
     a, b = two_shards.shards
     guest = await connect(b.url)
     name = f"shard_{secrets.token_hex(4)}"
@@ -115,3 +116,59 @@ async def test_components_join_every_shard_so_calls_are_served_on_any(two_shards
     assert other["user_id"] == other_tokens["user_id"]
     await on_a.close()
     await on_b.close()
+
+
+async def channel_subscribers(redis: RedisClient, user_id: str) -> int:
+    reply = await redis.call(lambda c: c.execute_command("PUBSUB", "NUMSUB", user_channel(user_id)))
+    return int(reply[1])
+
+
+@pytest_twisted.ensureDeferred
+async def test_live_updates_reach_the_users_devices_on_every_shard_through_redis(two_shards, redis_url):
+    """Step 2 of the scale-out plan: chat publishes each recipient's updates on a per-user Redis
+    channel; the delivery of every shard the user is connected to subscribes and publishes to
+    its own router."""
+    a, b = two_shards.shards
+    alice = await new_user(a)
+    bob = await new_user(a)  # device 0 on shard A
+    await add_device(b, bob)  # device 1 on shard B
+    redis = RedisClient.from_url(redis_url)
+    await redis.start()
+    try:
+        # each shard's delivery subscribes when the user's first session joins it
+        deadline = time.monotonic() + 10
+        while (await channel_subscribers(redis, bob.user_id), await channel_subscribers(redis, alice.user_id)) != (
+            2,
+            1,
+        ):
+            assert time.monotonic() < deadline, "the shards' delivery did not subscribe"
+            await task.deferLater(reactor, 0.05, lambda: None)
+
+        chat = await alice.d.call(uris.CHAT_CREATE_DIRECT, user_id=bob.user_id)
+        sent = [
+            await alice.d.call(uris.MESSAGE_SEND, chat_id=chat["chat_id"], client_msg_id=f"m{i}", text=f"hi {i}")
+            for i in range(3)
+        ]
+        for device in (0, 1):
+            await wait_for(lambda device=device: len(bob.of_type("message.new", device)) == 3, what="message.new")
+            news = bob.of_type("message.new", device)
+            assert [u["data"]["message_id"] for u in news] == [m["message_id"] for m in sent]
+            ids = [u["update_id"] for u in bob.durable(device)]
+            assert ids == list(range(ids[0], ids[0] + len(ids))), ids
+        assert bob.durable(0) == bob.durable(1)
+
+        await alice.d.call(uris.CHAT_TYPING, chat_id=chat["chat_id"])
+        await wait_for(lambda: bob.of_type("typing", 1), what="typing on shard B")
+        typing = bob.of_type("typing", 1)[0]
+        assert typing["chat_id"] == chat["chat_id"] and typing["data"]["user_id"] == alice.user_id
+
+        # the last session of a user on a shard gone: that shard unsubscribes
+        await bob.devices[1].close()
+        deadline = time.monotonic() + 10
+        while await channel_subscribers(redis, bob.user_id) != 1:
+            assert time.monotonic() < deadline, "shard B did not unsubscribe"
+            await task.deferLater(reactor, 0.05, lambda: None)
+        bob.devices.pop(1)
+    finally:
+        await redis.stop()
+        await close_all(alice, bob)

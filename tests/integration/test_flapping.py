@@ -96,16 +96,26 @@ async def test_nothing_acknowledged_is_lost_while_cassandra_flaps(
         assert seqs == list(range(1, len(seqs) + 1)), "seqs have a gap"
         assert sorted(m["client_msg_id"] for m in history) == sorted(acked), "lost or doubled messages"
         assert {m["seq"] for m in history} == {r["seq"] for r in acked.values()}
-        updates, since = [], 0
+        # a send whose fan-out was cut may be answered (first answer on retry) before every
+        # recipient's update is written: the store's recovery sweep completes it (design doc),
+        # so the stream must converge to exactly the acknowledged messages, without gaps
+        deadline = time.monotonic() + 45
         while True:
-            page = await bob.d.call(uris.SYNC_GET_UPDATES, since_update_id=since)
-            updates += page["updates"]
-            since = page["last_update_id"]
-            if not page["has_more"]:
+            updates, since = [], 0
+            while True:
+                page = await bob.d.call(uris.SYNC_GET_UPDATES, since_update_id=since)
+                updates += page["updates"]
+                since = page["last_update_id"]
+                if not page["has_more"]:
+                    break
+            assert [u["update_id"] for u in updates] == list(range(1, len(updates) + 1))
+            news = [u["data"]["client_msg_id"] for u in updates if u["type"] == "message.new"]
+            assert len(news) == len(set(news)), "a message.new twice"
+            assert set(news) <= set(acked)
+            if len(news) == sent or time.monotonic() > deadline:
                 break
-        assert [u["update_id"] for u in updates] == list(range(1, len(updates) + 1))
-        news = [u["data"]["client_msg_id"] for u in updates if u["type"] == "message.new"]
-        assert sorted(news) == sorted(acked) and len(news) == sent
+            await sleep(1.0)
+        assert sorted(news) == sorted(acked), f"never delivered: {sorted(set(acked) - set(news))}"
         print(f"{sent} messages ({len(failed)} answered unavailable during the flapping, then settled)")
         await close_all(alice, bob)
     finally:
