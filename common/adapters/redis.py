@@ -127,6 +127,34 @@ class _PoolFactory(txredisapi.RedisFactory):
         return defer.succeed(None)
 
 
+@dataclass(frozen=True)
+class RedisLocation:
+    host: str
+    port: int
+    db: int
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def parse(cls, url: str) -> RedisLocation:
+        """``redis://[[user]:password@]host[:port][/db]``."""
+        parts = urlsplit(url)
+        if parts.scheme != "redis":
+            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} (expected redis://)")
+        path = parts.path.strip("/")
+        try:
+            db = int(path) if path else 0
+        except ValueError:
+            raise ValueError(f"bad Redis database number in {url!r}") from None
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            db=db,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+
 class RedisClient:
     """A lazy txredisapi connection pool to one Redis database, plus its circuit breaker."""
 
@@ -174,17 +202,10 @@ class RedisClient:
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisClient:
         """``redis://[[user]:password@]host[:port][/db]``."""
-        parts = urlsplit(url)
-        if parts.scheme != "redis":
-            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} (expected redis://)")
-        path = parts.path.strip("/")
-        try:
-            dbid = int(path) if path else 0
-        except ValueError:
-            raise ValueError(f"bad Redis database number in {url!r}") from None
-        kwargs.setdefault("password", unquote(parts.password) if parts.password else None)
-        kwargs.setdefault("username", unquote(parts.username) if parts.username else None)
-        return cls(parts.hostname or "127.0.0.1", parts.port or 6379, dbid, **kwargs)
+        loc = RedisLocation.parse(url)
+        kwargs.setdefault("password", loc.password)
+        kwargs.setdefault("username", loc.username)
+        return cls(loc.host, loc.port, loc.db, **kwargs)
 
     def __repr__(self) -> str:
         return f"<RedisClient {self.host}:{self.port}/{self.dbid} connected={self.connected}>"

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import task
@@ -32,7 +31,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from common.adapters.redis import USER_CHANNEL_PREFIX, user_channel
+from common.adapters.redis import USER_CHANNEL_PREFIX, RedisLocation, user_channel
 
 log = Logger(namespace="messenger.delivery")
 
@@ -204,12 +203,10 @@ class RedisFeed:
     @classmethod
     def from_url(cls, url: str, on_message: OnMessage, **kwargs: Any) -> RedisFeed:
         """``redis://[[user]:password@]host[:port][/db]`` (pub/sub ignores the database number)."""
-        parts = urlsplit(url)
-        if parts.scheme != "redis":
-            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r} (expected redis://)")
-        kwargs.setdefault("password", unquote(parts.password) if parts.password else None)
-        kwargs.setdefault("username", unquote(parts.username) if parts.username else None)
-        return cls(parts.hostname or "127.0.0.1", parts.port or 6379, on_message, **kwargs)
+        loc = RedisLocation.parse(url)
+        kwargs.setdefault("password", loc.password)
+        kwargs.setdefault("username", loc.username)
+        return cls(loc.host, loc.port, on_message, **kwargs)
 
     @property
     def connected(self) -> bool:
