@@ -358,17 +358,11 @@ async def test_append_updates_in_order_with_dedupe_keys(store: CassandraChatStor
 
 
 # -- recovery ------------------------------------------------------------------------------------
-@pytest_twisted.async_yield_fixture
-async def crashy(
-    cassandra_at: tuple[str, int], keyspace: str, store: CassandraChatStore
-) -> AsyncIterator[CassandraChatStore]:
-    """An instance whose writes can 'die' at a named point; the module's store then recovers."""
-    s = open_store(cassandra_at, keyspace)
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.stop()
+@pytest.fixture
+def crashy(other: CassandraChatStore) -> CassandraChatStore:
+    """An instance whose writes can 'die' at a named point (``crash_points``); the module's
+    store then recovers. It is the second instance of ``other``."""
+    return other
 
 
 async def recover_all(store: CassandraChatStore) -> int:
