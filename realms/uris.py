@@ -60,6 +60,8 @@ INTERNAL_CHAT_PARTNERS = "messenger.internal.chat.partners"
 INTERNAL_DELIVER = "messenger.internal.deliver"  # stored updates to publish
 INTERNAL_DELIVER_EPHEMERAL = "messenger.internal.deliver_ephemeral"  # typing and the like
 EVENT_DEVICE_REVOKED = "messenger.internal.device_revoked"
+# registered (invoke "single") by the one delivery session that leads on a router shard
+INTERNAL_DELIVERY_LEADER = "messenger.internal.delivery.leader"
 
 # -- topics --------------------------------------------------------------------------------
 USER_TOPIC_PREFIX = "messenger.user."

@@ -1,6 +1,6 @@
 """In-process rate limiter and lock for the embedded profile (a single process).
 
-Both implement the ports of ``components.auth.ports`` (``RateLimiter``, ``Lock``) and
+Both implement the ports of ``common.ports`` (``RateLimiter``, ``Lock``) and
 keep their state in dictionaries whose expired entries are pruned every
 ``prune_every`` calls, so memory stays bounded by the live keys.
 """
@@ -8,9 +8,14 @@ keep their state in dictionaries whose expired entries are pruned every
 from __future__ import annotations
 
 import secrets
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from twisted.logger import Logger
 
 from common.clock import Clock
+from common.errors import Unavailable
+
+log = Logger(namespace="messenger.limits")
 
 DEFAULT_PRUNE_EVERY = 1024
 V = TypeVar("V")
@@ -88,3 +93,32 @@ class MemoryLock(_Expiring[str]):
         held = self._entries.get(name)
         if held is not None and secrets.compare_digest(held[0].encode(), token.encode()):
             del self._entries[name]
+
+
+class FallbackRateLimiter:
+    """A shared limiter (Redis) that falls back to a per-process one while the shared one is
+    ``Unavailable``: for limits that must not stop the service when Redis is away (sending
+    messages); the limit then holds per process instead of across processes."""
+
+    def __init__(self, primary: Any, fallback: MemoryRateLimiter, name: str) -> None:
+        self._primary = primary
+        self._fallback = fallback
+        self._name = name
+        self._degraded = False
+
+    async def hit(self, key: str, limit: int, window_ms: int) -> int:
+        try:
+            answer: int = await self._primary.hit(key, limit, window_ms)
+        except Unavailable as e:
+            if not self._degraded:
+                log.warn("{name} limits per process while the shared limiter is unavailable: {e}", name=self._name, e=e)
+            self._degraded = True
+            return await self._fallback.hit(key, limit, window_ms)
+        if self._degraded:
+            log.info("{name} limits shared again", name=self._name)
+            self._degraded = False
+        return answer
+
+    async def reset(self, key: str) -> None:
+        await self._fallback.reset(key)
+        await self._primary.reset(key)

@@ -30,6 +30,7 @@ How txredisapi behaves when Redis is down, and what this module does about it:
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -57,6 +58,28 @@ USER_CHANNEL_PREFIX = f"{DEFAULT_PREFIX}u:"
 
 def user_channel(user_id: str) -> str:
     return USER_CHANNEL_PREFIX + user_id
+
+
+class UserChannels:
+    """Publishes envelopes to users' channels: the payload is a JSON list of envelopes. Every
+    router shard's delivery component forwards them to the user's devices on that shard.
+    Fire-and-forget: nothing waits for Redis; a failure is logged (a lost durable update is a
+    gap that delivery or the client heals from the store)."""
+
+    def __init__(self, client: RedisClient) -> None:
+        self._client = client
+
+    def fire(self, user_id: str, envelopes: list[dict[str, Any]]) -> defer.Deferred[Any]:
+        channel = user_channel(user_id)
+        payload = json.dumps(envelopes, separators=(",", ":"))
+
+        def failed(f: Failure) -> None:
+            log.debug("notification to {channel} not published: {e}", channel=channel, e=f.getErrorMessage())
+
+        # not idempotent for the breaker: a retried PUBLISH could arrive twice (typing would show twice)
+        d = defer.ensureDeferred(self._client.call(lambda c: c.publish(channel, payload)))
+        d.addErrback(failed)
+        return d
 
 
 log = Logger()

@@ -39,8 +39,8 @@ class AuthComponent(BackendSession):
     def onJoin(self, details: Any) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._start())
 
-    async def _build(self, extra: dict[str, Any]) -> tuple[Any, Any, Any, list[Any]]:
-        """(account store, rate limiter, lock, things to stop)."""
+    async def _build(self, extra: dict[str, Any]) -> tuple[Any, Any, Any, Any, list[Any]]:
+        """(account store, rate limiter, lock, users' Redis channels or None, things to stop)."""
         from twisted.internet import reactor
 
         prof = config.profile(extra)
@@ -48,20 +48,20 @@ class AuthComponent(BackendSession):
             from components.auth.adapters.sqlite import SqliteAccountStore
 
             store: Any = SqliteAccountStore(config.data_dir(extra) / "accounts.sqlite3")
-            return store, MemoryRateLimiter(self.clock), MemoryLock(self.clock), [store]
-        from common.adapters.redis import RedisClient, RedisLock, RedisRateLimiter
+            return store, MemoryRateLimiter(self.clock), MemoryLock(self.clock), None, [store]
+        from common.adapters.redis import RedisClient, RedisLock, RedisRateLimiter, UserChannels
         from components.auth.adapters.postgres import PostgresAccountStore
 
         pg = PostgresAccountStore(config.required_env(extra, "postgres_dsn_env", "MESSENGER_PG_DSN"), reactor)
         redis = RedisClient.from_url(config.required_env(extra, "redis_url_env", "MESSENGER_REDIS_URL"))
-        return pg, RedisRateLimiter(redis), RedisLock(redis), [pg, redis]
+        return pg, RedisRateLimiter(redis), RedisLock(redis), UserChannels(redis), [pg, redis]
 
     async def _start(self) -> None:
         from twisted.internet import reactor
 
         extra: dict[str, Any] = dict(self.config.extra or {})
         prof = config.profile(extra)
-        store, limiter, lock, self._closeables = await self._build(extra)
+        store, limiter, lock, channels, self._closeables = await self._build(extra)
         await until_up("auth storage", lambda: start_all(self._closeables))
 
         if prof == config.EMBEDDED:
@@ -84,7 +84,7 @@ class AuthComponent(BackendSession):
             ring,
             hasher,
             limiter,
-            PublishingEvents(self, reactor),
+            PublishingEvents(self, reactor, channels),
             self.clock,
             AuthSettings.from_dict(extra.get("limits") or {}),
         )

@@ -21,16 +21,24 @@ _UNSET: Any = object()
 
 class PublishingEvents:
     """AuthEvents published on the router. Publication waits one reactor turn, so the
-    result of the call that caused it (logout) reaches the caller before its session closes."""
+    result of the call that caused it (logout) reaches the caller before its session closes.
 
-    def __init__(self, session: Any, reactor: Any) -> None:
+    With ``channels`` (the distributed profile: :class:`common.adapters.redis.UserChannels`)
+    a sign-out also goes to the user's Redis channel, which the delivery component of every
+    router shard the user is connected to turns into the same event on its router."""
+
+    def __init__(self, session: Any, reactor: Any, channels: Any = None) -> None:
         self._session = session
         self._reactor = reactor
+        self._channels = channels
 
     def device_revoked(self, user_id: str, device_id: str) -> None:
-        self._reactor.callLater(
-            0, self._session.publish, uris.EVENT_DEVICE_REVOKED, user_id=user_id, device_id=device_id
-        )
+        self._reactor.callLater(0, self._publish_revoked, user_id, device_id)
+
+    def _publish_revoked(self, user_id: str, device_id: str) -> None:
+        self._session.publish(uris.EVENT_DEVICE_REVOKED, user_id=user_id, device_id=device_id)
+        if self._channels is not None:
+            self._channels.fire(user_id, [{"internal": uris.EVENT_DEVICE_REVOKED, "device_id": device_id}])
 
 
 def peer_ip(session_info: dict[str, Any] | None, trusted_proxies: frozenset[str]) -> str:

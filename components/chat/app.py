@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from common import config
-from common.adapters.memory import MemoryRateLimiter
+from common.adapters.memory import FallbackRateLimiter, MemoryRateLimiter
 from common.clock import Clock, SystemClock
 from common.httpserver import http_root
 from common.lifecycle import start_all, until_up
@@ -49,7 +49,9 @@ class ChatComponent(BackendSession):
         hosts, port = _cassandra_location(config.required_env(extra, "cassandra_env", "MESSENGER_CASSANDRA"))
         store = CassandraChatStore(hosts, port, str(extra.get("cassandra_keyspace", "messenger")), reactor)
         redis = RedisClient.from_url(config.required_env(extra, "redis_url_env", "MESSENGER_REDIS_URL"))
-        return store, RedisRateLimiter(redis), RedisNotifier(redis), [store, redis]
+        # sending must not stop while Redis is away: the send limit then holds per process
+        limiter = FallbackRateLimiter(RedisRateLimiter(redis), MemoryRateLimiter(self.clock), "message sending")
+        return store, limiter, RedisNotifier(redis), [store, redis]
 
     async def _start(self) -> None:
         extra: dict[str, Any] = dict(self.config.extra or {})

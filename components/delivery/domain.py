@@ -116,3 +116,7 @@ class PresenceBook:
 
     def online_users(self) -> int:
         return len(self._count)
+
+    def users(self) -> list[str]:
+        """The users with at least one session."""
+        return list(self._count)

@@ -46,3 +46,43 @@ def check_at_ms(at_ms: int) -> int:
     if isinstance(at_ms, bool) or not isinstance(at_ms, int) or not 0 <= at_ms <= MAX_AT_MS:
         raise ValueError(f"at_ms must be an int in 0..{MAX_AT_MS}, not {at_ms!r}")
     return at_ms
+
+
+class PresenceDirectory(Protocol):
+    """Who is online across router shards. Each shard's delivery session records the users
+    with at least one session on *its* router; a shard proves it is alive with a heartbeat that
+    expires (``ttl_ms``), so the users of a shard that died go offline by themselves.
+
+    A user is online while at least one live shard (heartbeat not expired) has them. Adapters:
+    ``adapters/memory.py`` (embedded: one process) and ``adapters/redis.py`` (distributed).
+    Contract suite: ``tests/contract/test_presence_directory.py``."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def heartbeat(self, shard_id: str, ttl_ms: int) -> bool:
+        """Mark ``shard_id`` alive for ``ttl_ms`` more. False if it was not alive before (new,
+        or its heartbeat lapsed and it may have been reaped): the caller joins its users
+        again."""
+        ...
+
+    async def join(self, shard_id: str, user_id: str) -> bool:
+        """``user_id`` has sessions on ``shard_id``. True if the user just came online (no other
+        live shard had them and this shard had not recorded them yet)."""
+        ...
+
+    async def leave(self, shard_id: str, user_id: str) -> bool:
+        """``user_id`` has no more sessions on ``shard_id``. True if the user just went offline
+        (this shard had them and no other live shard has them)."""
+        ...
+
+    async def online(self, user_ids: list[str]) -> set[str]:
+        """The users among ``user_ids`` that are online."""
+        ...
+
+    async def reap(self) -> list[str]:
+        """Forget the shards whose heartbeat expired; answers the users that went offline with
+        them (a user on several dead shards may be answered once per shard). Atomic: when several
+        instances reap at once, each dead shard's users are answered to one of them."""
+        ...

@@ -231,10 +231,69 @@ class SplitNodes:
         shard.proc.start_crossbar(self._router_config(shard), self.env)
         wait_port(shard.ws_port, 30)
 
+    def kill_router(self, index: int) -> None:
+        """SIGKILL the shard's node (controller and router worker): no goodbye to anyone."""
+        self.shards[index].proc.kill()
+
+    def start_router(self, index: int) -> None:
+        shard = self.shards[index]
+        shard.proc.start_crossbar(self._router_config(shard), self.env)
+        wait_port(shard.ws_port, 30)
+
     def stop(self) -> None:
         self.components.stop()
         for shard in self.shards:
             shard.proc.stop()
+
+
+FLOOR_CONFIG = ROOT / "bench" / "floor" / "config.json"
+
+
+class BareNode:
+    """A bare Crossbar router with no components (``bench/floor/config.json``: realm
+    ``messenger``, anonymous role allowed everything): the load generator's floor."""
+
+    def __init__(self, workdir: Path, config_path: Path = FLOOR_CONFIG) -> None:
+        self.workdir = workdir
+        self.config_path = config_path
+        self.ws_port = free_port()
+        self._proc = _Proc(workdir / "node", "node.log")
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/ws"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.proc.pid if self._proc.proc is not None else None
+
+    def config(self) -> dict[str, Any]:
+        cfg: dict[str, Any] = json.loads(self.config_path.read_text())
+        for worker in cfg["workers"]:
+            for t in worker.get("transports", []):
+                if t["id"] == "clients":
+                    t["endpoint"].update(port=self.ws_port, interface="127.0.0.1")
+        return cfg
+
+    def start(self, timeout: float = 60.0) -> BareNode:
+        self._proc.start_crossbar(self.config(), {})
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._proc.exited():
+                raise RuntimeError(f"crossbar exited; log:\n{self.log_text()[-4000:]}")
+            try:
+                wait_port(self.ws_port, 0.5)
+                return self
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"bare router not listening in time; log:\n{self.log_text()[-4000:]}") from None
+
+    def log_text(self) -> str:
+        return self._proc.log_text()
+
+    def stop(self) -> None:
+        self._proc.stop()
 
 
 class _Proc:
@@ -276,6 +335,12 @@ class _Proc:
                 return f.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def kill(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
