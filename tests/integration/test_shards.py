@@ -287,3 +287,61 @@ async def test_a_redis_restart_mid_run_resumes_delivery_and_heals_the_gap(
         assert tokens["user_id"] == bob.user_id
     finally:
         await close_all(alice, bob)
+
+
+# -- several components processes on one shard ----------------------------------------------------
+
+
+@pytest.fixture
+def two_processes(tmp_path: Path, distributed_env: Any) -> Iterator[SplitNodes]:
+    env, extra = distributed_env()
+    nodes = start_split(tmp_path, env, extra, 1)
+    try:
+        second = nodes.add_components()
+        deadline = time.monotonic() + 60
+        while "delivery component ready" not in second.log_text():
+            assert time.monotonic() < deadline and not second.exited(), second.log_text()[-3000:]
+            time.sleep(0.1)
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_two_components_processes_one_delivery_leads_and_the_other_takes_over(
+    two_processes: SplitNodes,
+) -> None:
+    nodes = two_processes
+    (shard,) = nodes.shards
+    assert "standby" in nodes.more_components[0].log_text()
+    alice, bob = await new_user(shard), await new_user(shard)
+    try:
+        chat = await direct_chat(alice, bob)
+        sent = [
+            (await alice.d.call(uris.MESSAGE_SEND, chat_id=chat, client_msg_id=f"p{i}", text="x"))["message_id"]
+            for i in range(5)
+        ]
+        await wait_for(lambda: len(bob.of_type("message.new")) >= len(sent), what="live")
+        await sleep(0.3)
+        assert [e["data"]["message_id"] for e in bob.of_type("message.new")] == sent  # once each, not twice
+
+        nodes.components.kill()  # the leader's process dies; the standby takes the lead
+        killed_at = time.monotonic()
+        deadline = killed_at + 15
+        while True:
+            try:
+                msg = await alice.d.call(uris.MESSAGE_SEND, chat_id=chat, client_msg_id=f"p{len(sent)}", text="y")
+            except Exception:  # the dead process still held some registrations for a moment
+                await sleep(0.2)
+                continue
+            sent.append(msg["message_id"])
+            await sleep(0.2)
+            if bob.of_type("message.new")[-1]["data"]["message_id"] == msg["message_id"]:
+                break
+            assert time.monotonic() < deadline, nodes.more_components[0].log_text()[-3000:]
+        print(f"live delivery back {time.monotonic() - killed_at:.1f} s after the leading process was killed")
+        synced = await bob.d.call(uris.SYNC_GET_UPDATES, since_update_id=0)
+        got = [u["data"]["message_id"] for u in synced["updates"] if u["type"] == "message.new"]
+        assert got == sent
+    finally:
+        await close_all(alice, bob)

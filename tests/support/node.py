@@ -173,6 +173,7 @@ class SplitNodes:
         self.auth_http_port = free_port()
         self.shards = [_Shard(_Proc(workdir / f"router{i}", f"router{i}.log")) for i in range(shards)]
         self.components = _Proc(workdir / "components", "components.log")
+        self.more_components: list[_Proc] = []
 
     @property
     def router(self) -> _Proc:
@@ -231,6 +232,18 @@ class SplitNodes:
         shard.proc.start_crossbar(self._router_config(shard), self.env)
         wait_port(shard.ws_port, 30)
 
+    def add_components(self) -> _Proc:
+        """One more components process joined to every shard (started, not waited for)."""
+        n = len(self.more_components) + 1
+        proc = _Proc(self.workdir / f"components{n}", f"components{n}.log")
+        config = self._components_config()
+        port = free_port()  # its own HTTP port (metrics, JWKS) on this host
+        for c in config["components"]:
+            c["extra"]["http"]["port"] = port
+        proc.start_runner(config, self.env)
+        self.more_components.append(proc)
+        return proc
+
     def kill_router(self, index: int) -> None:
         """SIGKILL the shard's node (controller and router worker): no goodbye to anyone."""
         self.shards[index].proc.kill()
@@ -241,7 +254,8 @@ class SplitNodes:
         wait_port(shard.ws_port, 30)
 
     def stop(self) -> None:
-        self.components.stop()
+        for proc in [self.components, *self.more_components]:
+            proc.stop()
         for shard in self.shards:
             shard.proc.stop()
 
