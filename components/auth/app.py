@@ -11,6 +11,7 @@ Started by Crossbar as a container component (``components.auth.app.AuthComponen
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from autobahn.wamp.types import RegisterOptions
@@ -76,8 +77,12 @@ class AuthComponent(BackendSession):
         ring.check_secret()
 
         argon = extra.get("argon2") or {}
+        weak = os.environ.get("MESSENGER_BENCHMARK_WEAK_HASHING") == "1"
+        if weak:
+            log.warn("MESSENGER_BENCHMARK_WEAK_HASHING=1: password hashing may be below the OWASP minimum")
         hasher = Argon2Hasher(
-            **{k: int(v) for k, v in argon.items() if k in ("memory_kib", "time_cost", "parallelism")}
+            **{k: int(v) for k, v in argon.items() if k in ("memory_kib", "time_cost", "parallelism")},
+            weak_for_benchmarks=weak,
         )
         service = AuthService(
             store,
