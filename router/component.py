@@ -2,7 +2,8 @@
 
 - the dynamic authorizer of the ``user`` role (``messenger.internal.authorize``);
 - session accounting from the meta API (Prometheus: sessions joined/active per role);
-- closing the open sessions of a device whose tokens were revoked (logout, refresh reuse).
+- closing the open sessions of a device whose tokens were revoked (logout, refresh reuse);
+- closing the client sessions, paced, when the shard drains (``router/drain.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from twisted.logger import Logger
 
 from common.metrics import SESSIONS_ACTIVE, SESSIONS_JOINED, SESSIONS_LEFT
 from realms import uris
+from router import drain
 from router.authorizer import authorize_user
 
 log = Logger(namespace="messenger.router")
@@ -29,11 +31,28 @@ class RouterComponent(ApplicationSession):
     async def _join(self) -> None:
         # session id -> (authid, authrole, device_id)
         self.sessions: dict[int, tuple[str | None, str | None, str | None]] = {}
+        self.drainer = drain.Drainer(drain.STATE, self._client_sessions, self.sessions.__contains__, self._drain_kill)
         await self.register(self.authorize, uris.INTERNAL_AUTHORIZE, options=RegisterOptions(invoke="roundrobin"))
         await self.subscribe(self.on_session_join, "wamp.session.on_join")
         await self.subscribe(self.on_session_leave, "wamp.session.on_leave")
         await self.subscribe(self.on_device_revoked, uris.EVENT_DEVICE_REVOKED)
+        drain.STATE.attach(self.drainer)  # begins at once if a drain was asked for before we joined
         log.info("router component ready")
+
+    def onLeave(self, details: Any) -> None:
+        drainer = getattr(self, "drainer", None)
+        if drainer is not None:
+            drain.STATE.detach(drainer)
+        super().onLeave(details)
+
+    def _client_sessions(self) -> list[int]:
+        return [sid for sid, (_, role, _) in self.sessions.items() if role in drain.CLIENT_ROLES]
+
+    def _drain_kill(self, sid: int) -> defer.Deferred[Any]:
+        d: defer.Deferred[Any] = self.call(
+            "wamp.session.kill", sid, reason=drain.CLOSE_REASON, message=drain.CLOSE_MESSAGE
+        )
+        return d
 
     def authorize(self, session: dict[str, Any], uri: str, action: str, options: Any = None) -> dict[str, bool]:
         if session.get("authrole") != uris.ROLE_USER:
@@ -49,9 +68,11 @@ class RouterComponent(ApplicationSession):
         self.sessions[sid] = (info.get("authid"), role, extra.get("device_id") if isinstance(extra, dict) else None)
         SESSIONS_JOINED.labels(authrole=str(role)).inc()
         SESSIONS_ACTIVE.labels(authrole=str(role)).inc()
+        self.drainer.on_join(sid, role)
 
     def on_session_leave(self, session_id: Any, *args: Any) -> None:
         known = self.sessions.pop(session_id, None)
+        self.drainer.on_leave(session_id)
         SESSIONS_LEFT.inc()
         if known is not None:
             SESSIONS_ACTIVE.labels(authrole=str(known[1])).dec()

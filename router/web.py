@@ -2,6 +2,9 @@
 component's HTTP server (JWKS), and later the web client's static files.
 
 Crossbar's web transport path names cannot contain dots, hence this resource.
+
+``GET /`` is also the balancer's health check: it answers 503 while the shard drains
+(``router/drain.py``), so that no new connections are sent here.
 """
 
 from __future__ import annotations
@@ -12,16 +15,24 @@ from typing import Any
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.resource import Resource
 
+from router import drain
+
 
 class _Index(Resource):
     isLeaf = True
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, index: dict[str, Any], state: drain.DrainState) -> None:
         super().__init__()
-        self._body = body
+        self._body = json.dumps(index).encode()
+        self._draining = json.dumps({**index, "draining": True}).encode()
+        self._state = state
 
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", b"application/json")
+        if self._state.draining:
+            request.setResponseCode(503)
+            request.setHeader(b"cache-control", b"no-store")
+            return self._draining
         return self._body
 
 
@@ -37,7 +48,7 @@ class _Root(Resource):
 
 
 def root_resource(extra: dict[str, Any]) -> Resource:
-    index = _Index(json.dumps({"service": "messenger", "websocket": "/ws", "jwks": "/.well-known/jwks.json"}).encode())
+    index = _Index({"service": "messenger", "websocket": "/ws", "jwks": "/.well-known/jwks.json"}, drain.STATE)
     root = _Root(index)
     auth = extra.get("auth_http") or {"host": "127.0.0.1", "port": 8091}
     root.putChild(
