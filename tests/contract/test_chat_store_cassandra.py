@@ -12,6 +12,7 @@ import os
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -20,6 +21,8 @@ import pytest
 import pytest_twisted
 from cassandra import WriteTimeout, WriteType
 from cassandra.protocol import ErrorMessage
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet import defer, task
 from twisted.internet import reactor as _reactor
 
@@ -514,6 +517,261 @@ async def test_the_background_sweep_recovers_by_itself(
         await sweeper.stop()
     assert seqs_of_new(await all_updates(store, b)) == [1]
     assert seqs_of_new(await all_updates(store, a)) == [1]
+
+
+# -- the write path: guesses, early claims, re-sends ----------------------------------------------
+async def settled(store: CassandraChatStore) -> None:
+    """Wait for the bookkeeping writes that follow answered sends."""
+    while store._background:
+        await defer.DeferredList(list(store._background))
+
+
+async def fanout_of(store: CassandraChatStore, chat_id: str, seq: int) -> list[str]:
+    rows = await cql(
+        store,
+        "SELECT fanout_to FROM {ks}.messages WHERE chat_id = %s AND bucket = %s AND seq = %s",
+        chat_id,
+        seq // BUCKET,
+        seq,
+    )
+    return list(json.loads(rows[0]["fanout_to"]))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_send_answers_before_its_bookkeeping_which_follows(store: CassandraChatStore) -> None:
+    await recover_all(store)
+    chat, a, b = await direct(store)
+
+    sent = await store.append_message(message(chat, a, "c-book"))
+    await settled(store)
+
+    rows = await cql(store, "SELECT fanout_done FROM {ks}.messages WHERE chat_id = %s AND bucket = 0", chat.chat_id)
+    assert rows == [{"fanout_done": True}]
+    for user in (a, b):
+        key = await cql(
+            store,
+            "SELECT update_id FROM {ks}.user_update_keys WHERE user_id = %s AND dedupe_key = %s",
+            user,
+            f"msg:{chat.chat_id}:1",
+        )
+        assert key == [{"update_id": 1}]
+    assert [u.update_id for u in sent.updates] == [1, 1]
+    assert await store.recover(min_age_s=0) == 0  # no pending row left behind
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resend_finishes_the_fan_out_of_a_send_whose_writer_died(
+    store: CassandraChatStore, crashy: CassandraChatStore
+) -> None:
+    await recover_all(store)
+    chat, a, b = await direct(store)
+    crashy.crash_points = {"append.stored"}  # the row is stored, no update yet
+    with pytest.raises(SimulatedCrash):
+        await crashy.append_message(message(chat, a, "c-resend", "first"))
+    assert await store.last_update_id(b) == 0
+
+    again = await store.append_message(message(chat, a, "c-resend", "second"))  # no recovery ran
+
+    assert again.duplicate and again.updates == [] and again.message.text == "first"
+    for user in (a, b):
+        assert seqs_of_new(await all_updates(store, user)) == [1]
+    assert await store.get_receipts(chat.chat_id, a) == Receipts(1, 1)
+    rows = await cql(store, "SELECT fanout_done FROM {ks}.messages WHERE chat_id = %s AND bucket = 0", chat.chat_id)
+    assert rows == [{"fanout_done": True}]
+    assert await recover_all(store) >= 1  # the dead writer's pending row: nothing left to do
+    for user in (a, b):
+        assert await store.last_update_id(user) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_resend_adopts_the_updates_a_dead_writer_stored_without_waiting(
+    store: CassandraChatStore, crashy: CassandraChatStore
+) -> None:
+    await recover_all(store)
+    chat, a, b = await direct(store)
+    crashy.crash_points = {"update.allocated"}  # updates stored, their (fresh) claims never learn it
+    with pytest.raises(SimulatedCrash):
+        await crashy.append_message(message(chat, a, "c-adopt"))
+
+    started = time.monotonic()
+    again = await store.append_message(message(chat, a, "c-adopt"))
+
+    assert time.monotonic() - started < store._claim_wait_s  # found, not waited for
+    assert again.duplicate and again.updates == []
+    for user in (a, b):
+        updates = await all_updates(store, user)
+        assert [u.update_id for u in updates] == [1] and seqs_of_new(updates) == [1]
+    await recover_all(store)
+    assert await store.last_update_id(b) == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stale_guess_of_the_members_still_fans_out_to_the_members_of_the_moment(
+    store: CassandraChatStore, other: CassandraChatStore
+) -> None:
+    owner, b, c = users(3)
+    chat, _, _ = await store.create_chat(new_group(new_id(), owner, "team", [b], NOW), [])
+    await store.append_message(message(chat, owner))  # store's guess: members (owner, b), last_seq 1
+    fresh = await other.get_chat(chat.chat_id)
+    assert fresh is not None
+    await other.update_chat(replace(fresh, members=(*fresh.members, Member(c, NOW + 1))), 1, [])
+    await other.append_message(message(chat, b))  # seq 2, to owner, b and c
+
+    sent = await store.append_message(message(chat, owner))  # guessed (seq 2, two members): both wrong
+
+    assert sent.message.seq == 3
+    assert sorted(u.user_id for u in sent.updates) == sorted([owner, b, c])
+    assert sorted(await fanout_of(store, chat.chat_id, 3)) == sorted([owner, b, c])
+    assert seqs_of_new(await all_updates(store, c)) == [2, 3]
+    for user in (owner, b):
+        updates = await all_updates(store, user)
+        assert [u.update_id for u in updates] == [1, 2, 3] and seqs_of_new(updates) == [1, 2, 3]
+    await settled(store)
+    for user in (owner, b):  # the early claims of the lost guess (seq 2) did not displace other's
+        key = await cql(
+            store,
+            "SELECT update_id FROM {ks}.user_update_keys WHERE user_id = %s AND dedupe_key = %s",
+            user,
+            f"msg:{chat.chat_id}:2",
+        )
+        assert key == [{"update_id": 2}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_early_claims_of_a_lost_guess_never_block_the_message_that_has_the_seq(
+    store: CassandraChatStore, crashy: CassandraChatStore
+) -> None:
+    await recover_all(store)
+    chat, a, b = await direct(store)
+    await store.append_message(message(chat, a))  # store guesses last_seq 1 from now on
+    crashy.crash_points = {"append.allocated"}  # seq 2 is taken, nothing else is written
+    with pytest.raises(SimulatedCrash):
+        await crashy.append_message(message(chat, b, "c-lost"))
+    key2 = f"msg:{chat.chat_id}:2"
+    for user in (a, b):  # a claim for seq 2 taken by a send that guessed it and lost (not released)
+        await cql(
+            store,
+            "INSERT INTO {ks}.user_update_keys (user_id, dedupe_key, claim, claimed_at_ms, lo)"
+            " VALUES (%s, %s, %s, %s, 1)",
+            user,
+            key2,
+            f"{uuid.uuid4().hex}.{new_id()}",
+            int(time.time() * 1000),
+        )
+
+    third = await store.append_message(message(chat, a))  # guesses seq 2, writes row 2, takes seq 3
+    started = time.monotonic()
+    again = await store.append_message(message(chat, b, "c-lost"))  # finishes message 2's fan-out
+
+    assert time.monotonic() - started < store._claim_wait_s  # the foreign claims were taken over at once
+    assert third.message.seq == 3 and again.duplicate and again.message.seq == 2
+    for user in (a, b):
+        updates = await all_updates(store, user)
+        assert [u.update_id for u in updates] == [1, 2, 3] and sorted(seqs_of_new(updates)) == [1, 2, 3]
+    await recover_all(store)
+    await settled(store)
+    for user in (a, b):
+        assert await store.last_update_id(user) == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_row_left_without_its_index_gets_it_before_the_next_seq(
+    store: CassandraChatStore, crashy: CassandraChatStore
+) -> None:
+    """The row and its index (the seq in the claim, messages_by_id) are written concurrently: a
+    writer may die between them. The next allocation writes the index, so the writer's resumed
+    claim finds its seq instead of allocating the message twice."""
+    await recover_all(store)
+    chat, a, b = await direct(store)
+    crashy.crash_points = {"append.stored"}
+    with pytest.raises(SimulatedCrash):
+        await crashy.append_message(message(chat, a, "c-index", "first"))
+    first = (await store.history(chat.chat_id, 1, 1))[0]
+    unindex = "UPDATE {ks}.messages_by_client_id SET seq = null WHERE sender_id = %s AND client_msg_id = %s"
+    await cql(store, unindex, a, "c-index")
+    unindex = "DELETE FROM {ks}.messages_by_id WHERE chat_id = %s AND message_id = %s"
+    await cql(store, unindex, chat.chat_id, first.message_id)
+
+    second = await store.append_message(message(chat, b, text="second"))
+    assert await recover_all(store) >= 1
+
+    assert second.message.seq == 2
+    assert [m.text for m in await store.history(chat.chat_id, 1, 10)] == ["second", "first"]
+    assert await store.get_message(chat.chat_id, first.message_id) == first
+    for user in (a, b):
+        updates = await all_updates(store, user)
+        assert [u.update_id for u in updates] == [1, 2] and sorted(seqs_of_new(updates)) == [1, 2]
+    resent = await store.append_message(message(chat, a, "c-index"))
+    assert resent.duplicate and resent.message.seq == 1
+
+
+HINT_SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
+hint_op = st.one_of(
+    st.tuples(st.just("send"), st.integers(0, 1), st.integers(0, 3), st.integers(0, 2)),  # store, who, client id
+    st.tuples(st.just("join"), st.integers(0, 1), st.integers(0, 3)),
+    st.tuples(st.just("leave"), st.integers(0, 1), st.integers(0, 3)),
+)
+
+
+@pytest.mark.usefixtures("hypothesis_rewrap_guard")
+@HINT_SETTINGS
+@given(batches=st.lists(st.lists(hint_op, min_size=1, max_size=8), min_size=1, max_size=4))
+@pytest_twisted.ensureDeferred
+async def test_two_instances_with_stale_guesses_keep_seqs_and_fan_outs_exact(
+    store: CassandraChatStore, other: CassandraChatStore, batches: list[list[tuple[Any, ...]]]
+) -> None:
+    """Both instances guess seqs and members from what they last saw, and each batch runs at once
+    across them: seqs stay 1..n, one message per client id, every stream stays 1..n with one
+    ``message.new`` per message for exactly the members its row says it went to."""
+    people = users(4)
+    chat, _, _ = await store.create_chat(new_group(new_id(), people[0], "g", people[1:3], NOW), [])
+    stores = (store, other)
+    fresh: list[Message] = []
+
+    async def run(op: tuple[Any, ...]) -> None:
+        while True:
+            current = await stores[op[1]].get_chat(chat.chat_id)
+            assert current is not None
+            try:
+                if op[0] == "send":
+                    if not current.members:
+                        return
+                    sender = current.member_ids[op[2] % len(current.members)]
+                    r = await stores[op[1]].append_message(message(chat, sender, f"{sender}-{op[3]}"))
+                    if not r.duplicate:
+                        fresh.append(r.message)
+                    return
+                user = people[op[2]]
+                if current.has_member(user) == (op[0] == "join"):
+                    return
+                members = (
+                    (*current.members, Member(user, NOW))
+                    if op[0] == "join"
+                    else tuple(m for m in current.members if m.user_id != user)
+                )
+                await stores[op[1]].update_chat(replace(current, members=members), current.version, [])
+                return
+            except Conflict:
+                continue
+
+    for batch in batches:
+        await defer.gatherResults([defer.ensureDeferred(run(op)) for op in batch])
+
+    got = await store.get_chat(chat.chat_id)
+    assert got is not None
+    assert sorted(m.seq for m in fresh) == list(range(1, got.last_seq + 1))
+    assert len({(m.sender_id, m.client_msg_id) for m in fresh}) == len(fresh)
+    expected: Counter[tuple[str, int]] = Counter()
+    for m in fresh:
+        for user in await fanout_of(store, chat.chat_id, m.seq):
+            expected[(user, m.seq)] += 1
+    seen: Counter[tuple[str, int]] = Counter()
+    for user in people:
+        updates = await all_updates(other, user)
+        assert [u.update_id for u in updates] == list(range(1, len(updates) + 1))
+        for seq in seqs_of_new(updates):
+            seen[(user, seq)] += 1
+    assert seen == expected
 
 
 # -- failures ------------------------------------------------------------------------------------

@@ -17,14 +17,17 @@ that must see a transaction in progress. Each statement runs under
 are retried, LWTs are not. An LWT whose outcome is unknown (``WriteTimeout`` of type CAS) is
 resolved by reading the row at ``SERIAL``, which also completes the transaction if it was
 accepted; every LWT here writes something that identifies its writer (a claim token, an op
-id, a message id) so the read tells whether it was ours.
+id, a message id) so the read tells whether it was ours. Plain writes that go together are sent
+as unlogged batches of at most ``BATCH_ROWS`` rows (one round trip; none needs atomicity).
 
 Allocation without gaps
 -----------------------
 - ``seq``: ``UPDATE chats SET last_seq = n+1, last_message = <the new message> ... IF
   last_seq = n AND members = <members as read>``; on contention the answer carries the new
   ``last_seq`` and ``members`` and the loop tries again. The condition on ``members`` makes
-  the fan-out list exactly "the members as stored at that moment".
+  the fan-out list exactly "the members as stored at that moment". The first try takes ``n``
+  and the members from what this process last read or wrote of the chat (no read; the
+  service's ``get_chat`` just before the send keeps that fresh): a wrong guess costs one try.
 - ``update_id``: ``INSERT INTO user_updates ... IF NOT EXISTS`` at the user's next id; the
   row *is* the allocation. On not-applied the id is taken: read the tail and try after it.
   ``user_state.last_update_id`` is a hint written with ``USING TIMESTAMP <update_id>`` (so
@@ -44,13 +47,22 @@ twice). A claim holds a random token, the time it was taken and what is needed t
 work (the message draft; the lowest id the update can have). When the work is done, the
 claim gets its result (``seq`` / ``update_id``).
 
-A second caller that meets a claim without result waits a moment for it (a concurrent
-retry), then answers ``Unavailable``. A claim older than ``grace_s`` is stale: its owner is
+A second caller that meets a claim without result looks for the work in the log (from the
+claim's lower bound: its holder may have died after storing it), else waits a moment for it (a
+concurrent retry), then answers ``Unavailable``. A claim older than ``grace_s`` is stale: its owner is
 gone, because an owner never starts an allocation more than ``grace_s / 3`` after taking its
 claim. A stale claim is first checked (did the owner allocate before dying? the chat's
 ``last_message`` or the claim's ``seq``; the user's updates from the claim's lower bound on,
 looking for the key), then taken over with ``UPDATE ... IF claim = <old token>`` and
 finished.
+
+The fan-out's keys (``msg:<chat_id>:<seq>``) are claimed together with the ``seq`` allocation,
+for the seq the allocation guesses: those claims name the message (``<token>.<message_id>``).
+If the guess was right they are used, else released. A claim of ``msg:<chat>:<n>`` that names
+another message than message ``n`` comes from a send that guessed ``n`` and lost it, which never
+stores anything under it (it stores only after its allocation at that seq succeeded): whoever
+fans out message ``n`` takes such a claim over at once. An early claim never waits and never
+takes anything over.
 
 Recoverable writes
 ------------------
@@ -70,15 +82,23 @@ Cassandra has no transaction across rows, so each change is made recoverable ins
 :meth:`CassandraChatStore.recover` (run at start and every ``recovery_interval_s``) finishes
 every pending operation older than ``grace_s``: if the deciding write happened it redoes step
 3, else it drops the row. For ``append_message`` the steps are: claim ``(sender,
-client_msg_id)``; allocate ``seq``; record the ``seq`` in the claim and the
-``messages_by_id`` index; write the message row (``IF NOT EXISTS``, ``fanout_done = false``,
-with the member list of the fan-out); fan out ``message.new`` (key ``msg:<chat_id>:<seq>``);
-move the sender's receipts; set ``fanout_done``; delete the pending row. The chat's
-``last_message`` holds the whole new message, so a message whose writer died right after
-the allocation is never lost: whoever allocates the next ``seq`` (or changes the members)
-first makes sure the row of the current ``last_seq`` exists and writes it from
-``last_message`` if not. Hence "row n exists" implies "rows 1..n-1 exist" and "claim of n has
-its ``seq``".
+client_msg_id)`` while the pending row is written; allocate ``seq`` while claiming the fan-out's
+keys (above); then at once, concurrently: write the message row (``IF NOT EXISTS``,
+``fanout_done = false``, with the member list of the fan-out) and record the ``seq`` in the
+claim and the ``messages_by_id`` index; store ``message.new`` for every member of the
+allocation (key ``msg:<chat_id>:<seq>``); move the sender's receipts. Then it answers, and the
+bookkeeping follows without the caller waiting (the keys learn their ``update_id``, the
+``user_state`` hints, ``fanout_done``, the pending row is deleted; all idempotent, and redone by
+the recovery if lost; :meth:`CassandraChatStore.stop` waits for it). The chat's
+``last_message`` holds the whole new message, so a message whose writer died right after the
+allocation is never lost: whoever allocates the next ``seq`` (or changes the members) first
+makes sure the row of the current ``last_seq`` exists (written from ``last_message`` if not)
+with its index (written again unless this process wrote it: its writer may have died between
+the row and the index). Hence, once ``seq`` n+1 is taken, rows 1..n exist and the claim of n
+has its ``seq`` (which a writer resuming a dead one's claim relies on).
+
+A re-send of an accepted ``client_msg_id`` whose message's ``fanout_done`` is still false (its
+writer is at work, or died) finishes the fan-out the way the recovery does before it answers.
 
 Limits: the ``pending_ops`` partitions (16 shards) collect tombstones; the table has a short
 ``gc_grace_seconds`` (a row that comes back is harmless: recovery is idempotent). Clocks of
@@ -102,7 +122,7 @@ from cassandra import ConsistencyLevel, WriteTimeout, WriteType
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
 from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
 from cassandra.protocol import ErrorMessage
-from cassandra.query import SimpleStatement, dict_factory
+from cassandra.query import BatchStatement, BatchType, SimpleStatement, dict_factory
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
@@ -122,12 +142,14 @@ from components.chat.ports import Appended, MessageDraft, UpdateDraft
 
 T = TypeVar("T")
 Row = dict[str, Any]
+Write = tuple[str, Sequence[Any]]  # a plain write: statement name and parameters
 log = Logger()
 
 CAS_WRITE_UNKNOWN = 0x1700  # protocol v5 error: the LWT may or may not have been applied (no driver class for it)
 KEYSPACE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
 SHARDS = 16  # partitions of pending_ops
 RECENT_OPS = 32  # op ids kept on a chat, message or receipts row
+BATCH_ROWS = 8  # plain writes per unlogged batch (Cassandra warns from 10 partitions in one)
 DEFAULT_REPLICATION: dict[str, Any] = {"class": "SimpleStrategy", "replication_factor": 1}
 
 # Ordered, append-only: never edit a migration once released, add a new one. ``{ks}`` is the keyspace.
@@ -215,6 +237,7 @@ STATEMENTS: dict[str, str] = {
     "key_set": "UPDATE {ks}.user_update_keys SET update_id = ? WHERE user_id = ? AND dedupe_key = ?",
     "key_takeover": "UPDATE {ks}.user_update_keys SET claim = ?, claimed_at_ms = ?, lo = ?"
     " WHERE user_id = ? AND dedupe_key = ? IF claim = ?",
+    "key_release": "DELETE FROM {ks}.user_update_keys WHERE user_id = ? AND dedupe_key = ? IF claim = ?",
     "state_get": "SELECT last_update_id FROM {ks}.user_state WHERE user_id = ?",
     "state_set": "UPDATE {ks}.user_state USING TIMESTAMP ? SET last_update_id = ? WHERE user_id = ?",
     # memberships and receipts
@@ -268,6 +291,18 @@ class _Owned:
     draft: MessageDraft
     claimed_at_ms: int
     resumed: bool  # taken over from a writer that died: it may have allocated already
+
+
+@dataclass(frozen=True)
+class _Held:
+    """This call holds the claim of a dedupe key."""
+
+    claim: str
+    claimed_at_ms: int
+
+
+Early = Mapping[str, "defer.Deferred[_Held | str]"]
+"""Claims of a fan-out's keys taken with the allocation, by user: held, or the token tried."""
 
 
 @dataclass(frozen=True)
@@ -343,6 +378,14 @@ def _token() -> str:
     return uuid.uuid4().hex
 
 
+def _owner_of(claim: str | None) -> str | None:
+    """The message whose fan-out took a dedupe key's claim (those claims read ``<token>.<message_id>``)."""
+    if not claim:
+        return None
+    _, dot, owner = claim.partition(".")
+    return owner if dot else None
+
+
 def _recent_push(text: str | None, op_id: str, info: Any = None) -> str:
     ops: list[Any] = json.loads(text) if text else []
     ops.append([op_id, info])
@@ -377,6 +420,15 @@ def _chat_of(row: Row) -> Chat:
         last_message=json.loads(row["last_message"]) if row["last_message"] else None,
         version=row["version"],
     )
+
+
+def _user_ids(members: str | None) -> list[str]:
+    return [m.user_id for m in _members_of(members)]
+
+
+def _fanout_of(message_row: Row) -> list[str]:
+    ids: list[str] = json.loads(message_row["fanout_to"] or "[]")
+    return ids
 
 
 def _reactions_json(reactions: Mapping[str, Sequence[str]]) -> str:
@@ -499,7 +551,10 @@ class CassandraChatStore:
         self._chat_locks = _KeyedLocks()
         self._user_locks = _KeyedLocks()
         self._next_update_id: dict[str, int] = {}  # next id to try, per user (a hint)
-        self._written_seq: dict[str, int] = {}  # rows 1..n of a chat are known to exist
+        self._written_seq: dict[str, int] = {}  # rows 1..n of a chat and their index are known to exist
+        # (last_seq, members) of a chat as last read or written here: the first guess of an allocation
+        self._chat_hints: dict[str, tuple[int, str]] = {}
+        self._background: set[defer.Deferred[None]] = set()  # bookkeeping writes after an answer
         self._sweep: task.LoopingCall | None = None
         self._sweeping: defer.Deferred[None] | None = None  # the background recovery running now
         self._recovering = False
@@ -555,6 +610,8 @@ class CassandraChatStore:
             sweep.stop()
         if self._sweeping is not None:
             await self._sweeping  # let a running recovery finish its operation (it never fails)
+        while self._background:  # bookkeeping of answered writes (they never fail)
+            await defer.DeferredList(list(self._background))
         cluster, self._cluster, self._session = self._cluster, None, None
         self._stmts = {}
         if cluster is not None:
@@ -654,6 +711,26 @@ class CassandraChatStore:
         self._stmt(name)
         await self.breaker.call(lambda: self._run(name, params), idempotent=True)
 
+    async def _write_many(self, writes: Sequence[Write]) -> None:
+        """Plain writes, sent as unlogged batches of up to ``BATCH_ROWS`` (one round trip each
+        instead of one per row). No atomicity is wanted: every write is idempotent on its own."""
+        if len(writes) == 1:
+            await self._write(*writes[0])
+            return
+        for name, _ in writes:
+            self._stmt(name)
+        chunks = [writes[i : i + BATCH_ROWS] for i in range(0, len(writes), BATCH_ROWS)]
+        await self._gather(self._write_batch(chunk) for chunk in chunks)
+
+    async def _write_batch(self, writes: Sequence[Write]) -> None:
+        await self.breaker.call(lambda: self._run_batch(writes), idempotent=True)
+
+    def _run_batch(self, writes: Sequence[Write]) -> defer.Deferred[list[Row]]:
+        batch = BatchStatement(batch_type=BatchType.UNLOGGED, consistency_level=ConsistencyLevel.LOCAL_QUORUM)
+        for name, params in writes:
+            batch.add(self._stmt(name), params)
+        return _as_deferred(self._reactor, self._session.execute_async(batch, timeout=self._request_timeout_s))
+
     async def _lwt(self, name: str, params: Sequence[Any]) -> _Lwt:
         self._stmt(name)
 
@@ -676,6 +753,43 @@ class CassandraChatStore:
         applied = bool(row.pop("[applied]"))
         return _Lwt(applied, row or None)
 
+    async def _compare_and_set(
+        self,
+        name: str,
+        row: Row,
+        op_id: str,
+        params: Callable[[Row, str], Sequence[Any]],
+        reread: Callable[[], Awaitable[Row | None]],
+        retry_from: Callable[[Row, Row | None], Row],
+        *,
+        info: Callable[[Row], Any] = lambda row: None,
+        before: Callable[[Row], Awaitable[None]] | None = None,
+    ) -> Any:
+        """A compare-and-set of one row that records ``op_id`` in its ``recent_ops``.
+
+        Runs the LWT ``name`` with ``params(row, recent_ops)`` (``recent_ops``: the row's list
+        with ``[op_id, info(row)]`` pushed; ``before(row)`` first, if given) until it is applied.
+        Not applied: ``retry_from(row, current)`` raises if the change no longer holds
+        (``current`` None: the row is gone) or answers the row to try again from (the LWT's
+        answer carries the columns of its condition). Outcome unknown: the row is read again at
+        SERIAL (``reread``); ``op_id`` in its ``recent_ops`` means it was applied. Answers
+        ``info`` of the row the change was applied on."""
+        while True:
+            if before is not None:
+                await before(row)
+            at = info(row)
+            r = await self._lwt(name, params(row, _recent_push(row["recent_ops"], op_id, at)))
+            if r.applied:
+                return at
+            current = r.row
+            if r.applied is None:
+                current = await reread()
+                if current is not None:
+                    found, recorded = _recent_find(current["recent_ops"], op_id)
+                    if found:
+                        return recorded
+            row = retry_from(row, current)
+
     async def _gather(self, aws: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
         """Run concurrently; wait for all; raise the first error (in list order)."""
         ds: list[defer.Deferred[T]] = [defer.ensureDeferred(a) for a in aws]
@@ -684,6 +798,26 @@ class CassandraChatStore:
             if not ok:
                 value.raiseException()
         return [value for _, value in results]
+
+    def _later(self, writes: Sequence[Write]) -> None:
+        """Send ``writes`` (idempotent bookkeeping whose loss the recovery repairs) without making
+        the caller wait; :meth:`stop` waits for them."""
+
+        async def run() -> None:
+            try:
+                await self._write_many(writes)
+            except Exception as e:
+                log.info("cassandra chat bookkeeping left to the recovery: {error}", error=e)
+
+        self._spawn(run())
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background; :meth:`stop` waits for it."""
+        d = defer.ensureDeferred(work)
+        d.addErrback(lambda f: log.failure("cassandra chat background work", f))
+        if not d.called:
+            self._background.add(d)
+            d.addBoth(lambda _: self._background.discard(d))
 
     def _checkpoint(self, name: str) -> None:
         if name in self.crash_points:
@@ -735,7 +869,18 @@ class CassandraChatStore:
 
     # -- chats ---------------------------------------------------------------------------------
     async def _chat_row(self, chat_id: str, *, serial: bool = False) -> Row | None:
-        return await self._read_one("chat_get", (chat_id,), serial=serial)
+        row = await self._read_one("chat_get", (chat_id,), serial=serial)
+        if row is not None:
+            self._note_chat(chat_id, row["last_seq"] or 0, row["members"])
+        return row
+
+    def _note_chat(self, chat_id: str, last_seq: int, members: str) -> None:
+        """Remember the chat's ``last_seq`` and ``members`` (a hint: the allocation's LWT checks both)."""
+        known = self._chat_hints.get(chat_id)
+        if known is None or last_seq >= known[0]:
+            if len(self._chat_hints) >= 100_000:
+                self._chat_hints.clear()
+            self._chat_hints[chat_id] = (last_seq, members)
 
     async def get_chat(self, chat_id: str) -> Chat | None:
         row = await self._chat_row(chat_id)
@@ -825,42 +970,49 @@ class CassandraChatStore:
         self, chat: Chat, expected_version: int, op_id: str, row: Row, members_change: bool
     ) -> int:
         """The chat row's LWT; answers the ``last_seq`` it was applied at."""
-        while True:
+        chat_id = chat.chat_id
+
+        async def before(row: Row) -> None:
             last_seq = row["last_seq"] or 0
             if members_change and last_seq:
                 # the fan-out of message last_seq goes to the members of its time: keep its row first
-                await self._ensure_message(chat.chat_id, last_seq)
-            recent = _recent_push(row["recent_ops"], op_id, last_seq)
-            r = await self._lwt(
-                "chat_update",
-                (
-                    chat.title,
-                    chat.owner_id,
-                    _members_json(chat.members),
-                    chat.updated_at_ms,
-                    expected_version + 1,
-                    recent,
-                    chat.chat_id,
-                    expected_version,
-                    last_seq,
-                    row["recent_ops"],
-                ),
+                await self._ensure_message(chat_id, last_seq)
+
+        def params(row: Row, recent: str) -> Sequence[Any]:
+            return (
+                chat.title,
+                chat.owner_id,
+                _members_json(chat.members),
+                chat.updated_at_ms,
+                expected_version + 1,
+                recent,
+                chat_id,
+                expected_version,
+                row["last_seq"] or 0,
+                row["recent_ops"],
             )
-            if r.applied:
-                return last_seq
-            if r.applied is None:
-                fresh = await self._chat_row(chat.chat_id, serial=True)
-                if fresh is not None:
-                    found, at = _recent_find(fresh["recent_ops"], op_id)
-                    if found:
-                        return int(at)
-            else:
-                fresh = r.row
-            if fresh is None:
+
+        def retry_from(row: Row, current: Row | None) -> Row:
+            if current is None:
                 raise NotFound("no such chat")
-            if fresh["version"] != expected_version:
+            if current["version"] != expected_version:
                 raise Conflict("the chat changed; re-read it")
-            row = {**row, **fresh}  # only last_seq moved (a message): try again at the new one
+            return {**row, **current}  # only last_seq moved (a message): try again at the new one
+
+        last_seq = int(
+            await self._compare_and_set(
+                "chat_update",
+                row,
+                op_id,
+                params,
+                lambda: self._chat_row(chat_id, serial=True),
+                retry_from,
+                info=lambda row: row["last_seq"] or 0,
+                before=before,
+            )
+        )
+        self._note_chat(chat_id, last_seq, _members_json(chat.members))
+        return last_seq
 
     async def _finish_update_chat(
         self, chat_id: str, version: int, last_seq: int, added: Sequence[Member], removed: Sequence[str]
@@ -928,21 +1080,50 @@ class CassandraChatStore:
             outcome.raiseException()
         if isinstance(outcome, _Accepted):
             await self._unpend_quietly(pending)
-            row = await self._ensure_message(outcome.chat_id, outcome.seq)
-            if row is None:
-                raise Unavailable("the first message with this client_msg_id is still being stored; retry")
-            return Appended(_message_of(row), [], True)
+            return await self._duplicate(outcome, stale_ms)
         owned: _Owned = outcome
+        tail: list[Write] = []  # the updates' bookkeeping writes
+        early: list[defer.Deferred[tuple[Message, list[Update]]]] = []
+
+        def allocated(message: Message, members: str, claims: Early | None) -> None:
+            # the fan-out needs only the message and the members of the allocation: it runs while
+            # the message row is written
+            early.append(defer.ensureDeferred(self._fan_out(message, _user_ids(members), stale_ms, tail, claims)))
+
+        # test hook: with "append.stored" the writer dies after the row, before any step of the fan-out
+        dies_before_fan_out = "append.stored" in self.crash_points
         try:
-            row = await self._allocate(owned, claim)
-        except NotFound:
-            await self._release_claim(owned.draft, claim)
-            await self._unpend_quietly(pending)
+            row = await self._allocate(
+                owned, (lambda *_: None) if dies_before_fan_out else allocated, claim_early=not dies_before_fan_out
+            )
+        except BaseException as e:
+            if early:  # the seq is taken: what is not written now, the recovery writes
+                await defer.DeferredList(early, consumeErrors=True)
+            elif isinstance(e, NotFound):  # no seq taken: nothing to recover
+                await self._release_claim(owned.draft, claim)
+                await self._unpend_quietly(pending)
             raise
         self._checkpoint("append.stored")
-        message, updates = await self._fan_out(row, stale_ms)
-        await self._gather([self._fanout_done(message), self._unpend(pending)])
+        if early:
+            message, updates = await early[0]
+        else:
+            message, updates = await self._fan_out(_message_of(row), _fanout_of(row), stale_ms, tail)
+        # Everything the answer promises is stored. What is left is bookkeeping that the recovery redoes
+        # if it is lost (dedupe keys learn their update_id, the user_state hint, fanout_done, the pending
+        # row): it goes on after the answer.
+        self._later([*tail, self._fanout_done_write(message), ("pend_delete", pending)])
         return Appended(message, updates, False)
+
+    async def _duplicate(self, accepted: _Accepted, stale_ms: int) -> Appended:
+        """The answer to a re-sent ``client_msg_id``: the first message. If the first send's fan-out
+        is unfinished (its writer is still at it, or died and the sweep has not come yet), finish it
+        first, as the sweep would: a retry that answers means every member's update is stored."""
+        row = await self._ensure_message(accepted.chat_id, accepted.seq)
+        if row is None:
+            raise Unavailable("the first message with this client_msg_id is still being stored; retry")
+        if not row["fanout_done"]:
+            await self._finish_fan_out(row, stale_ms)
+        return Appended(_message_of(row), [], True)
 
     async def _release_claim(self, draft: MessageDraft, claim: str) -> None:
         with contextlib.suppress(Unavailable):
@@ -986,81 +1167,165 @@ class CassandraChatStore:
             if t.applied:
                 return _Owned(_message_draft_of(existing["draft"]), now, resumed=True)
 
-    async def _allocate(self, owned: _Owned, claim: str) -> Row:
-        """Give the claimed draft its seq and store its row; answers the message row."""
+    async def _allocate(
+        self, owned: _Owned, allocated: Callable[[Message, str, Early | None], None], *, claim_early: bool = True
+    ) -> Row:
+        """Give the claimed draft its seq and store its row; answers the message row. When this call
+        takes the seq (not a dead writer before it), ``allocated(message, members, early)`` learns it
+        at once, before the row is written (``members``: those of the allocation, who get the
+        fan-out; ``early``: see below).
+
+        The first try guesses the chat's ``last_seq`` and ``members`` from what this process last
+        read or wrote (no read); the LWT checks both, and when the guess is wrong its answer carries
+        the current values for the next try. With ``claim_early``, the fan-out's dedupe keys for the
+        guessed seq (``msg:<chat_id>:<seq>`` of each member) are claimed together with that first
+        try, their claims naming the message: if the guess was right the fan-out goes on with them,
+        else they are released (a claim naming another message than the key's is never waited for:
+        see :meth:`_store_update`)."""
         draft = owned.draft
         chat_id = draft.chat_id
-        async with self._chat_locks.hold(chat_id):
-            row = await self._chat_row(chat_id, serial=owned.resumed)
-            if row is None:
-                raise NotFound("no such chat")
-            while True:
-                if owned.resumed:  # the writer that died may have allocated already
-                    seq = await self._allocated_seq(draft, row)
-                    if seq is not None:
-                        break
-                self._deadline(owned.claimed_at_ms)
-                last_seq = row["last_seq"] or 0
-                if last_seq and self._written_seq.get(chat_id, 0) < last_seq:
-                    if await self._ensure_message(chat_id, last_seq) is None:
-                        row = await self._chat_row(chat_id, serial=True) or row
-                        continue
-                seq = last_seq + 1
-                r = await self._lwt(
-                    "chat_alloc",
-                    (
-                        seq,
-                        _dumps(draft.accepted(seq).to_dict()),
-                        draft.sent_at_ms,
-                        chat_id,
-                        last_seq,
-                        row["members"],
-                    ),
-                )
-                if r.applied:
-                    row = {**row, "last_seq": seq}
-                    break
-                if r.applied is None or r.row is None:
-                    fresh = await self._chat_row(chat_id, serial=True)
-                    if fresh is None:
-                        raise NotFound("no such chat")
-                    row = fresh
-                    if r.applied is None:  # ours may have landed (and another writer followed)
-                        found = await self._allocated_seq(draft, fresh)
-                        if found is not None:
-                            seq = found
-                            break
+        early: dict[str, defer.Deferred[_Held | str]] = {}
+        guessed = 0
+        handed = False
+        try:
+            async with self._chat_locks.hold(chat_id):
+                hint = None if owned.resumed else self._chat_hints.get(chat_id)
+                row: Row | None
+                if hint is not None:
+                    row = {"last_seq": hint[0], "members": hint[1], "last_message": None}
                 else:
-                    row = {**row, **r.row}
-            self._checkpoint("append.allocated")
-            if row["last_seq"] == seq:
-                return await self._store_message(draft.accepted(seq), row["members"])
+                    row = await self._chat_row(chat_id, serial=owned.resumed)
+                    if row is None:
+                        raise NotFound("no such chat")
+                ours = False
+                while True:
+                    if owned.resumed:  # the writer that died may have allocated already
+                        seq = await self._allocated_seq(draft, row)
+                        if seq is not None:
+                            break
+                    self._deadline(owned.claimed_at_ms)
+                    last_seq = row["last_seq"] or 0
+                    if last_seq and self._written_seq.get(chat_id, 0) < last_seq:
+                        if await self._ensure_message(chat_id, last_seq) is None:
+                            row = await self._chat_row(chat_id, serial=True) or row
+                            continue
+                    seq = last_seq + 1
+                    members = row["members"]
+                    if claim_early and not guessed and not owned.resumed:
+                        guessed = seq
+                        key = f"msg:{chat_id}:{seq}"
+                        early = {
+                            u: defer.ensureDeferred(self._claim_early(u, key, draft.message_id))
+                            for u in _user_ids(members)
+                        }
+                    r = await self._lwt(
+                        "chat_alloc",
+                        (seq, _dumps(draft.accepted(seq).to_dict()), draft.sent_at_ms, chat_id, last_seq, members),
+                    )
+                    if r.applied:
+                        row = {**row, "last_seq": seq}
+                        self._note_chat(chat_id, seq, members)
+                        ours = True
+                        break
+                    if r.applied is None or r.row is None:
+                        fresh = await self._chat_row(chat_id, serial=True)
+                        if fresh is None:
+                            raise NotFound("no such chat")
+                        row = fresh
+                        if r.applied is None:  # ours may have landed (and another writer followed)
+                            found = await self._allocated_seq(draft, fresh)
+                            if found is not None:  # then at this try: a try after an unknown one reads first
+                                seq, ours = found, True
+                                break
+                    else:  # the answer holds the current last_seq and members
+                        row = {**row, **r.row}
+                        self._note_chat(chat_id, row["last_seq"] or 0, row["members"])
+                self._checkpoint("append.allocated")
+                if ours:
+                    fan_out = _user_ids(members)
+                    usable = {u: d for u, d in early.items() if seq == guessed and u in fan_out}
+                    self._release_early(chat_id, guessed, {u: d for u, d in early.items() if u not in usable})
+                    handed = True
+                    allocated(draft.accepted(seq), members, usable or None)
+                if row["last_seq"] == seq:
+                    return await self._store_message(draft.accepted(seq), row["members"])
+        finally:
+            if not handed:
+                self._release_early(chat_id, guessed, early)
         stored = await self._ensure_message(chat_id, seq)
         if stored is None:
             raise Unavailable("the message is being stored; retry")
         return stored
+
+    async def _claim_early(self, user_id: str, key: str, owner: str) -> _Held | str:
+        """One try at claiming a fan-out's key while the seq in it is a guess: never waits, never
+        takes over; answers the claim, or the token tried (the fan-out retries with it: the try
+        may have been applied unseen). Never fails."""
+        claim = f"{_token()}.{owner}"
+        try:
+            lo = self._next_update_id.get(user_id) or await self._hint(user_id) + 1
+            now = self._now_ms()
+            r = await self._lwt("key_claim", (user_id, key, claim, now, lo))
+        except Exception:
+            return claim
+        return _Held(claim, now) if r.applied else claim
+
+    def _release_early(self, chat_id: str, seq: int, early: Early) -> None:
+        """Give back early claims that will not be used (in the background)."""
+        if not early:
+            return
+        key = f"msg:{chat_id}:{seq}"
+
+        async def release() -> None:
+            for user_id, d in early.items():
+                claim = await d
+                token = claim.claim if isinstance(claim, _Held) else claim
+                try:
+                    await self._lwt("key_release", (user_id, key, token))
+                except Exception as e:  # left to age: a claim naming another message is taken over at once
+                    log.info("cassandra chat: early claim not released: {error}", error=e)
+
+        self._spawn(release())
 
     async def _allocated_seq(self, draft: MessageDraft, chat_row: Row) -> int | None:
         """The seq a dead writer gave ``draft``, if any. ``chat_row`` was read at SERIAL."""
         last = json.loads(chat_row["last_message"]) if chat_row["last_message"] else None
         if last is not None and last["message_id"] == draft.message_id:
             return int(last["seq"])
-        # once last_message moved on, the row of that message exists and so does its claim's seq
+        # once last_message moved on, the next allocation ensured the row of that message and its claim's seq
         res = await self._read_one("res_get", (draft.sender_id, draft.client_msg_id), serial=True)
         if res is not None and res["seq"] is not None and res["message_id"] == draft.message_id:
             return int(res["seq"])
         return None
 
     async def _store_message(self, message: Message, members_json: str) -> Row:
-        """Record the seq in the claim and the id index, then the row itself (first writer wins)."""
-        chat_id, seq = message.chat_id, message.seq
-        await self._gather(
-            [
-                self._write("res_set_seq", (seq, message.sender_id, message.client_msg_id)),
-                self._write("by_id_insert", (chat_id, message.message_id, seq)),
-            ]
+        """The row itself (first writer wins) and, alongside, the seq in the claim and the id index
+        (a writer that dies between them leaves a row without those: whoever ensures the row
+        before the next allocation writes them, see :meth:`_ensure_message`)."""
+        done: list[Any] = await self._gather(
+            [self._insert_message(message, members_json), self._write_many(self._index_writes(message))]
         )
-        fanout_to = _dumps([m.user_id for m in _members_of(members_json)])
+        self._note_written(message.chat_id, message.seq)
+        row: Row = done[0]
+        return row
+
+    @staticmethod
+    def _index_writes(message: Message) -> list[Write]:
+        return [
+            ("res_set_seq", (message.seq, message.sender_id, message.client_msg_id)),
+            ("by_id_insert", (message.chat_id, message.message_id, message.seq)),
+        ]
+
+    def _note_written(self, chat_id: str, seq: int) -> None:
+        """Rows 1..seq of the chat exist, with their index."""
+        if self._written_seq.get(chat_id, 0) < seq:
+            if len(self._written_seq) >= 100_000:
+                self._written_seq.clear()
+            self._written_seq[chat_id] = seq
+
+    async def _insert_message(self, message: Message, members_json: str) -> Row:
+        chat_id, seq = message.chat_id, message.seq
+        fanout_to = _dumps(_user_ids(members_json))
         params = (
             chat_id,
             self._bucket(seq),
@@ -1091,50 +1356,64 @@ class CassandraChatStore:
             else:
                 row = await self._message_row(chat_id, seq, serial=True)
             if row is not None:
-                break
-        if self._written_seq.get(chat_id, 0) < seq:
-            self._written_seq[chat_id] = seq
-            if len(self._written_seq) > 100_000:
-                self._written_seq.clear()
-        return row
+                return row
 
     async def _message_row(self, chat_id: str, seq: int, *, serial: bool = False) -> Row | None:
         return await self._read_one("msg_get", (chat_id, self._bucket(seq), seq), serial=serial)
 
     async def _ensure_message(self, chat_id: str, seq: int) -> Row | None:
         """The row of message ``seq``, written from the chat's ``last_message`` if its writer died
-        between the allocation and the row. None if it is not there (not allocated yet)."""
+        between the allocation and the row; with the seq in its claim and the id index (written
+        here too unless this process knows them: its writer may have died before them). None if
+        it is not there (not allocated yet)."""
         row = await self._message_row(chat_id, seq)
-        if row is not None:
-            if self._written_seq.get(chat_id, 0) < seq:
-                self._written_seq[chat_id] = seq
-            return row
-        chat = await self._chat_row(chat_id, serial=True)
-        if chat is not None and chat["last_seq"] == seq and chat["last_message"]:
-            last = Message.from_dict(json.loads(chat["last_message"]))
-            if last.seq == seq:
-                return await self._store_message(last, chat["members"])
-        return await self._message_row(chat_id, seq, serial=True)
+        if row is None:
+            chat = await self._chat_row(chat_id, serial=True)
+            if chat is not None and chat["last_seq"] == seq and chat["last_message"]:
+                last = Message.from_dict(json.loads(chat["last_message"]))
+                if last.seq == seq:
+                    return await self._store_message(last, chat["members"])
+            row = await self._message_row(chat_id, seq, serial=True)
+            if row is None:
+                return None
+        if self._written_seq.get(chat_id, 0) < seq:
+            await self._write_many(self._index_writes(_message_of(row)))
+            self._note_written(chat_id, seq)
+        return row
 
-    async def _fan_out(self, row: Row, stale_ms: int) -> tuple[Message, list[Update]]:
-        """``message.new`` to every member of the allocation's time, the sender's receipts, done."""
-        message = _message_of(row)
+    async def _fan_out(
+        self,
+        message: Message,
+        user_ids: Sequence[str],
+        stale_ms: int,
+        tail: list[Write] | None = None,
+        early: Early | None = None,
+    ) -> tuple[Message, list[Update]]:
+        """``message.new`` to every member of the allocation's time, and the sender's receipts.
+        ``tail``: see :meth:`_store_updates`; ``early``: see :meth:`_allocate`."""
         data = message.to_dict()
         key = f"msg:{message.chat_id}:{message.seq}"
         drafts = [
-            UpdateDraft(u, MESSAGE_NEW, message.chat_id, message.sent_at_ms, data, dedupe_key=key)
-            for u in json.loads(row["fanout_to"] or "[]")
+            UpdateDraft(u, MESSAGE_NEW, message.chat_id, message.sent_at_ms, data, dedupe_key=key) for u in user_ids
         ]
         updates, _ = await self._gather(
             [
-                self._store_updates(None, drafts, stale_ms),
+                self._store_updates(None, drafts, stale_ms, tail, owner=message.message_id, early=early),
                 self._bump_receipts(message.sender_id, message.chat_id, message.seq),
             ]
         )
         return message, updates
 
+    async def _finish_fan_out(self, row: Row, stale_ms: int) -> None:
+        """The fan-out of a stored message row whose writer may have stopped (idempotent)."""
+        message, _ = await self._fan_out(_message_of(row), _fanout_of(row), stale_ms)
+        await self._fanout_done(message)
+
+    def _fanout_done_write(self, message: Message) -> Write:
+        return ("msg_fanout_done", (message.chat_id, self._bucket(message.seq), message.seq))
+
     async def _fanout_done(self, message: Message) -> None:
-        await self._write("msg_fanout_done", (message.chat_id, self._bucket(message.seq), message.seq))
+        await self._write(*self._fanout_done_write(message))
 
     async def _bump_receipts(self, user_id: str, chat_id: str, seq: int) -> list[Update]:
         """Sending marks read up to the new message (receipts only move forward)."""
@@ -1170,34 +1449,36 @@ class CassandraChatStore:
         body = {"chat_id": chat_id, "seq": seq, "updates": [_update_draft_json(u) for u in updates]}
         pending = await self._pend(UPDATE_MESSAGE, body)
         op_id = pending[1]
-        params = (
-            message.text,
-            list(message.media),
-            _reactions_json(message.reactions),
-            message.edited_at_ms,
-            message.deleted,
-            expected_version + 1,
-            _recent_push(row["recent_ops"], op_id),
-            chat_id,
-            self._bucket(seq),
-            seq,
-            expected_version,
-        )
-        while True:
-            r = await self._lwt("msg_update", params)
-            if r.applied:
-                break
-            fresh = r.row
-            if r.applied is None:
-                fresh = await self._message_row(chat_id, seq, serial=True)
-                if fresh is not None and _recent_find(fresh["recent_ops"], op_id)[0]:
-                    break
-                if fresh is not None and fresh["version"] == expected_version:
-                    continue
-            await self._unpend_quietly(pending)
-            if fresh is None:
+
+        def params(row: Row, recent: str) -> Sequence[Any]:
+            return (
+                message.text,
+                list(message.media),
+                _reactions_json(message.reactions),
+                message.edited_at_ms,
+                message.deleted,
+                expected_version + 1,
+                recent,
+                chat_id,
+                self._bucket(seq),
+                seq,
+                expected_version,
+            )
+
+        def retry_from(row: Row, current: Row | None) -> Row:
+            if current is None:
                 raise NotFound("no such message")
-            raise Conflict("the message changed; re-read it")
+            if current["version"] != expected_version:
+                raise Conflict("the message changed; re-read it")
+            return {**row, **current}  # outcome unknown and not applied: try again
+
+        try:
+            await self._compare_and_set(
+                "msg_update", row, op_id, params, lambda: self._message_row(chat_id, seq, serial=True), retry_from
+            )
+        except (NotFound, Conflict):
+            await self._unpend_quietly(pending)
+            raise
         self._checkpoint("op.applied")
         stored = await self._finish_update_message(chat_id, seq, op_id, updates)
         await self._unpend(pending)
@@ -1258,33 +1539,33 @@ class CassandraChatStore:
         body = {"chat_id": chat_id, "user_id": user_id, "updates": [_update_draft_json(u) for u in updates]}
         pending = await self._pend(SET_RECEIPTS, body)
         op_id = pending[1]
-        while True:
-            r = await self._lwt(
-                "uc_cas",
-                (
-                    new.last_delivered_seq,
-                    new.last_read_seq,
-                    _recent_push(row["recent_ops"], op_id),
-                    user_id,
-                    chat_id,
-                    expected.last_delivered_seq,
-                    expected.last_read_seq,
-                    row["recent_ops"],
-                ),
+
+        def params(row: Row, recent: str) -> Sequence[Any]:
+            return (
+                new.last_delivered_seq,
+                new.last_read_seq,
+                recent,
+                user_id,
+                chat_id,
+                expected.last_delivered_seq,
+                expected.last_read_seq,
+                row["recent_ops"],
             )
-            if r.applied:
-                break
-            fresh = r.row
-            if r.applied is None:
-                fresh = await self._uc_row(user_id, chat_id, serial=True)
-                if fresh is not None and _recent_find(fresh["recent_ops"], op_id)[0]:
-                    break
-            if fresh is None or Receipts(fresh["last_delivered_seq"] or 0, fresh["last_read_seq"] or 0) != expected:
-                await self._unpend_quietly(pending)
-                if fresh is None:
-                    raise NotFound("not a member of the chat")
+
+        def retry_from(row: Row, current: Row | None) -> Row:
+            if current is None:
+                raise NotFound("not a member of the chat")
+            if Receipts(current["last_delivered_seq"] or 0, current["last_read_seq"] or 0) != expected:
                 raise Conflict("the receipts changed; re-read them")
-            row = {**row, **fresh}  # same receipts, another op id list: try again
+            return {**row, **current}  # same receipts, another op id list: try again
+
+        try:
+            await self._compare_and_set(
+                "uc_cas", row, op_id, params, lambda: self._uc_row(user_id, chat_id, serial=True), retry_from
+            )
+        except (NotFound, Conflict):
+            await self._unpend_quietly(pending)
+            raise
         self._checkpoint("op.applied")
         stored = await self._store_updates(op_id, updates)
         await self._unpend(pending)
@@ -1328,10 +1609,21 @@ class CassandraChatStore:
             b += 1
 
     async def _store_updates(
-        self, op_id: str | None, drafts: Sequence[UpdateDraft], stale_ms: int | None = None
+        self,
+        op_id: str | None,
+        drafts: Sequence[UpdateDraft],
+        stale_ms: int | None = None,
+        tail: list[Write] | None = None,
+        *,
+        owner: str | None = None,
+        early: Early | None = None,
     ) -> list[Update]:
         """Each draft under its dedupe key (or ``~op:<op_id>:<i>``); one user's in list order.
-        ``stale_ms``: age of a claim without result that this call may take over."""
+        ``stale_ms``: age of a claim without result that this call may take over. ``tail``: if
+        given, the bookkeeping writes that follow each stored update (the key learns its
+        ``update_id``; the user_state hint) are added to it instead of being awaited.
+        ``owner``: the message whose fan-out this is (its claims name it); ``early``: claims
+        already tried for some users (see :meth:`_allocate`)."""
         stale = self._grace_ms if stale_ms is None else stale_ms
         per_user: dict[str, list[tuple[int, UpdateDraft, str]]] = {}
         for i, d in enumerate(drafts):
@@ -1341,48 +1633,87 @@ class CassandraChatStore:
 
         async def one_user(items: list[tuple[int, UpdateDraft, str]]) -> None:
             for i, d, key in items:
-                out[i] = await self._store_update(d, key, stale)
+                claim = await early[d.user_id] if early and d.user_id in early else None
+                out[i] = await self._store_update(d, key, stale, tail, owner, claim)
 
         await self._gather(one_user(items) for items in per_user.values())
         return [u for u in out if u is not None]
 
-    async def _store_update(self, draft: UpdateDraft, key: str, stale_ms: int) -> Update:
+    async def _store_update(
+        self,
+        draft: UpdateDraft,
+        key: str,
+        stale_ms: int,
+        tail: list[Write] | None = None,
+        owner: str | None = None,
+        early: _Held | str | None = None,
+    ) -> Update:
+        """Store ``draft`` under the dedupe key ``key``: claim the key, then allocate the id.
+
+        A claim without result is waited for while it is fresh (its holder is at work), adopted
+        or taken over when stale. Claims of a fan-out name its message (``owner``): a claim
+        naming another message was taken by a send that guessed this key's seq and lost it, which
+        never stores anything under it, so it is taken over at once. ``early``: the claim already
+        held, or the token of a try whose outcome is not known (an existing claim with that token
+        is ours)."""
         user_id = draft.user_id
-        claim = _token()
+        if isinstance(early, _Held):
+            claim, now = early.claim, early.claimed_at_ms
+        else:
+            claim = early or (_token() if owner is None else f"{_token()}.{owner}")
+            claimed = await self._claim_key(user_id, key, claim, stale_ms, owner)
+            if isinstance(claimed, Update):
+                return claimed
+            now = claimed
+        return await self._insert_update(draft, key, claim, now, tail)
+
+    async def _claim_key(self, user_id: str, key: str, claim: str, stale_ms: int, owner: str | None) -> int | Update:
+        """Take the claim of ``(user_id, key)`` with the token ``claim``: answers when it was taken,
+        or the update stored under the key already."""
         lo = self._next_update_id.get(user_id) or await self._hint(user_id) + 1
         while True:
             now = self._now_ms()
             r = await self._lwt("key_claim", (user_id, key, claim, now, lo))
             if r.applied:
-                break
+                return now
             existing = r.row
             if r.applied is None:
                 existing = await self._read_one("key_get", (user_id, key), serial=True)
                 if existing is None:
                     continue
-                if existing["claim"] == claim:
-                    break
             assert existing is not None
+            if existing["claim"] == claim:  # ours: a try whose answer was lost
+                return int(existing["claimed_at_ms"] or now)
             if existing["update_id"] is not None:
                 return await self._update_at(user_id, existing["update_id"])
-            if now - (existing["claimed_at_ms"] or 0) < stale_ms:
+            theirs = _owner_of(existing["claim"])
+            lost_guess = owner is not None and theirs is not None and theirs != owner
+            if not lost_guess:
+                # held by a live writer, or one that died after storing the update (a re-send finishing
+                # the fan-out of a crashed send meets that): look for the update before anything else
+                found = await self._find_key(user_id, key, existing["lo"] or 1)
+                if found is not None:
+                    await self._write("key_set", (found.update_id, user_id, key))
+                    return found
+                if now - (existing["claimed_at_ms"] or 0) < stale_ms:
 
-                async def probe() -> int | None:
-                    row = await self._read_one("key_get", (user_id, key), serial=True)
-                    return None if row is None or row["update_id"] is None else int(row["update_id"])
+                    async def probe() -> int | None:
+                        row = await self._read_one("key_get", (user_id, key), serial=True)
+                        return None if row is None or row["update_id"] is None else int(row["update_id"])
 
-                done = await self._wait_for(probe)
-                if done is None:
-                    raise Unavailable("an update with this dedupe key is being stored; retry")
-                return await self._update_at(user_id, done)
-            found = await self._find_key(user_id, key, existing["lo"] or 1)
-            if found is not None:
-                await self._write("key_set", (found.update_id, user_id, key))
-                return found
+                    done = await self._wait_for(probe)
+                    if done is None:
+                        raise Unavailable("an update with this dedupe key is being stored; retry")
+                    return await self._update_at(user_id, done)
             t = await self._lwt("key_takeover", (claim, now, lo, user_id, key, existing["claim"]))
             if t.applied:
-                break
-        claimed_at = now
+                return now
+
+    async def _insert_update(
+        self, draft: UpdateDraft, key: str, claim: str, claimed_at: int, tail: list[Write] | None
+    ) -> Update:
+        """Allocate the user's next ``update_id`` for ``draft``, whose key this call has claimed."""
+        user_id = draft.user_id
         data = _dumps(draft.data)
         async with self._user_locks.hold(user_id):
             update_id = self._next_update_id.get(user_id) or await self._tail(user_id) + 1
@@ -1421,12 +1752,11 @@ class CassandraChatStore:
             if len(self._next_update_id) > 100_000:
                 self._next_update_id.clear()
         self._checkpoint("update.allocated")
-        await self._gather(
-            [
-                self._write("key_set", (update_id, user_id, key)),
-                self._write("state_set", (update_id, update_id, user_id)),
-            ]
-        )
+        writes: list[Write] = [("key_set", (update_id, user_id, key)), ("state_set", (update_id, update_id, user_id))]
+        if tail is not None:
+            tail.extend(writes)
+        else:
+            await self._write_many(writes)
         return stored
 
     async def _update_at(self, user_id: str, update_id: int) -> Update:
@@ -1537,5 +1867,4 @@ class CassandraChatStore:
             return
         row = await self._ensure_message(res["chat_id"], res["seq"])
         if row is not None and not row["fanout_done"]:
-            message, _ = await self._fan_out(row, age_ms)
-            await self._fanout_done(message)
+            await self._finish_fan_out(row, age_ms)
