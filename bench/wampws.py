@@ -4,8 +4,9 @@ no autobahn), light enough to hold thousands of sessions per process.
 WebSocket (RFC 6455, client side): the opening handshake with ``Sec-WebSocket-Protocol:
 wamp.2.json``, masked client frames, ping → pong, close handshake, fragmented messages.
 WAMP (JSON serializer): HELLO/WELCOME/ABORT, CHALLENGE/AUTHENTICATE (ticket), CALL/RESULT/ERROR,
-SUBSCRIBE/SUBSCRIBED, EVENT, GOODBYE. One ``asyncio.Protocol`` per session: no task per
-connection, so an idle session costs only its buffers.
+SUBSCRIBE/SUBSCRIBED, EVENT, PUBLISH/PUBLISHED (acknowledged), GOODBYE. Client pings (heartbeats)
+are matched to their pongs; the server's pings are answered and counted. One ``asyncio.Protocol``
+per session: no task per connection, so an idle session costs only its buffers.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SUBPROTOCOL = "wamp.2.json"
 
 HELLO, WELCOME, ABORT, CHALLENGE, AUTHENTICATE, GOODBYE, ERROR = 1, 2, 3, 4, 5, 6, 8
-SUBSCRIBE, SUBSCRIBED, EVENT, CALL, RESULT = 32, 33, 36, 48, 50
+PUBLISH, PUBLISHED, SUBSCRIBE, SUBSCRIBED, EVENT, CALL, RESULT = 16, 17, 32, 33, 36, 48, 50
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
-ROLES: dict[str, Any] = {"caller": {"features": {}}, "subscriber": {"features": {}}}
+ROLES: dict[str, Any] = {"caller": {"features": {}}, "subscriber": {"features": {}}, "publisher": {"features": {}}}
 
 EventHandler = Callable[[list[Any], dict[str, Any]], None]
 
@@ -98,6 +99,8 @@ class WampSession(asyncio.Protocol):
         self.closing = False  # we started the close: a loss is not a drop
         self.close_reason = ""
         self.session_id: int | None = None
+        self.server_pings = 0  # pings the server sent (answered with a pong)
+        self._pings: dict[bytes, asyncio.Future[None]] = {}  # our pings waiting for their pong
 
     # ---------------------------------------------------------------- asyncio.Protocol
 
@@ -146,10 +149,12 @@ class WampSession(asyncio.Protocol):
             self.welcome.exception()  # mark retrieved: a lost join may have no waiter
         if not self._goodbye.done():
             self._goodbye.set_result(None)
-        for fut in self._pending.values():
+        for fut in [*self._pending.values(), *self._pings.values()]:
             if not fut.done():
                 fut.set_exception(error)
+                fut.exception()  # a lost ping may have no waiter
         self._pending.clear()
+        self._pings.clear()
         self._subs.clear()
 
     # ---------------------------------------------------------------- WebSocket
@@ -200,9 +205,12 @@ class WampSession(asyncio.Protocol):
 
     def _on_frame(self, fin: bool, opcode: int, payload: bytes) -> None:
         if opcode == OP_PING:
+            self.server_pings += 1
             self._write(frame(OP_PONG, payload))
         elif opcode == OP_PONG:
-            pass
+            fut = self._pings.pop(payload, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
         elif opcode == OP_CLOSE:
             code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
             if not self.close_reason:
@@ -255,6 +263,10 @@ class WampSession(asyncio.Protocol):
             fut = self._pending.pop(msg[2], None)
             if fut is not None and not fut.done():
                 fut.set_exception(WampError(msg[4], msg[5] if len(msg) > 5 else [], msg[6] if len(msg) > 6 else {}))
+        elif kind == PUBLISHED:
+            fut = self._pending.pop(msg[1], None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg[2])
         elif kind == SUBSCRIBED:
             fut = self._pending.pop(msg[1], None)
             if fut is not None and not fut.done():
@@ -300,6 +312,29 @@ class WampSession(asyncio.Protocol):
         rid = self._request_id()
         self._pending[rid] = fut
         self._send([CALL, rid, {}, procedure, [], kwargs])
+        return fut
+
+    def publish_nowait(self, topic: str, args: list[Any], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
+        """Send an acknowledged PUBLISH and answer the future of its PUBLISHED (the publication id)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.lost.done():
+            fut.set_exception(SessionLost(self.lost.result()))
+            return fut
+        rid = self._request_id()
+        self._pending[rid] = fut
+        self._send([PUBLISH, rid, {"acknowledge": True}, topic, args, kwargs])
+        return fut
+
+    def ping(self) -> asyncio.Future[None]:
+        """Send a WebSocket ping (a client heartbeat); the future is done when its pong arrives."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.lost.done():
+            fut.set_exception(SessionLost(self.lost.result()))
+            fut.exception()
+            return fut
+        payload = random.randbytes(8)
+        self._pings[payload] = fut
+        self._write(frame(OP_PING, payload))
         return fut
 
     async def call(self, procedure: str, within: float = 30.0, **kwargs: Any) -> Any:
