@@ -305,24 +305,21 @@ class WampSession(asyncio.Protocol):
 
     def call_nowait(self, procedure: str, **kwargs: Any) -> asyncio.Future[Any]:
         """Send a CALL and answer the future of its result (kwargs, or the single positional)."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if self.lost.done():
-            fut.set_exception(SessionLost(self.lost.result()))
-            return fut
-        rid = self._request_id()
-        self._pending[rid] = fut
-        self._send([CALL, rid, {}, procedure, [], kwargs])
-        return fut
+        return self._request(lambda rid: [CALL, rid, {}, procedure, [], kwargs])
 
     def publish_nowait(self, topic: str, args: list[Any], kwargs: dict[str, Any]) -> asyncio.Future[Any]:
         """Send an acknowledged PUBLISH and answer the future of its PUBLISHED (the publication id)."""
+        return self._request(lambda rid: [PUBLISH, rid, {"acknowledge": True}, topic, args, kwargs])
+
+    def _request(self, message: Callable[[int], list[Any]]) -> asyncio.Future[Any]:
+        """Send ``message(request_id)``; its answer settles the returned future."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.lost.done():
             fut.set_exception(SessionLost(self.lost.result()))
             return fut
         rid = self._request_id()
         self._pending[rid] = fut
-        self._send([PUBLISH, rid, {"acknowledge": True}, topic, args, kwargs])
+        self._send(message(rid))
         return fut
 
     def ping(self) -> asyncio.Future[None]:

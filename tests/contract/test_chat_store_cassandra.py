@@ -119,6 +119,23 @@ async def direct(store: CassandraChatStore) -> tuple[Chat, str, str]:
     return chat, a, b
 
 
+async def crashed_send(
+    store: CassandraChatStore,
+    crashy: CassandraChatStore,
+    point: str,
+    client_msg_id: str | None = None,
+    text: str = "hi",
+) -> tuple[Chat, str, str]:
+    """A fresh direct chat (after recovering what earlier tests left) and a send from its first
+    member by ``crashy`` that dies at ``point``. Answers (chat, a, b)."""
+    await recover_all(store)
+    chat, a, b = await direct(store)
+    crashy.crash_points = {point}
+    with pytest.raises(SimulatedCrash):
+        await crashy.append_message(message(chat, a, client_msg_id, text))
+    return chat, a, b
+
+
 def message(chat: Chat, sender: str, client_msg_id: str | None = None, text: str = "hi") -> MessageDraft:
     return MessageDraft(new_id(), chat.chat_id, sender, client_msg_id or new_id(), text, NOW)
 
@@ -379,12 +396,7 @@ async def recover_all(store: CassandraChatStore) -> int:
 async def test_recover_finishes_a_fan_out_whose_writer_died(
     store: CassandraChatStore, crashy: CassandraChatStore
 ) -> None:
-    await recover_all(store)
-    chat, a, b = await direct(store)
-    crashy.crash_points = {"append.stored"}
-
-    with pytest.raises(SimulatedCrash):
-        await crashy.append_message(message(chat, a, "c-crash", "lost?"))
+    chat, a, b = await crashed_send(store, crashy, "append.stored", "c-crash", "lost?")
 
     assert [m.text for m in await store.history(chat.chat_id, 1, 1)] == ["lost?"]
     assert await store.last_update_id(a) == await store.last_update_id(b) == 0
@@ -406,11 +418,7 @@ async def test_recover_finishes_a_fan_out_whose_writer_died(
 async def test_a_message_allocated_but_never_written_is_not_lost(
     store: CassandraChatStore, crashy: CassandraChatStore
 ) -> None:
-    await recover_all(store)
-    chat, a, b = await direct(store)
-    crashy.crash_points = {"append.allocated"}
-    with pytest.raises(SimulatedCrash):
-        await crashy.append_message(message(chat, a, "c-gap", "first"))
+    chat, a, b = await crashed_send(store, crashy, "append.allocated", "c-gap", "first")
     assert await store.history(chat.chat_id, 1, 1) == []  # seq 1 is taken, its row is missing
 
     second = await store.append_message(message(chat, b, text="second"))  # writes row 1 before taking seq 2
@@ -429,11 +437,8 @@ async def test_a_message_allocated_but_never_written_is_not_lost(
 async def test_recover_resumes_an_unfinished_send_and_adopts_half_stored_updates(
     store: CassandraChatStore, crashy: CassandraChatStore
 ) -> None:
-    await recover_all(store)
-    chat, a, b = await direct(store)
-    crashy.crash_points = {"update.allocated"}  # both updates allocated, their dedupe keys never learn it
-    with pytest.raises(SimulatedCrash):
-        await crashy.append_message(message(chat, a, "c-half"))
+    # both updates allocated, their dedupe keys never learn it
+    chat, a, b = await crashed_send(store, crashy, "update.allocated", "c-half")
     crashy.crash_points = {"append.allocated"}  # seq allocated, nothing else; no later message repairs it
     with pytest.raises(SimulatedCrash):
         await crashy.append_message(message(chat, b, "c-none"))
@@ -501,11 +506,7 @@ async def test_recover_finishes_chat_message_and_receipt_changes(
 async def test_the_background_sweep_recovers_by_itself(
     cassandra_at: tuple[str, int], keyspace: str, store: CassandraChatStore, crashy: CassandraChatStore
 ) -> None:
-    await recover_all(store)
-    chat, a, b = await direct(store)
-    crashy.crash_points = {"append.stored"}
-    with pytest.raises(SimulatedCrash):
-        await crashy.append_message(message(chat, a))
+    _, a, b = await crashed_send(store, crashy, "append.stored")
 
     sweeper = open_store(cassandra_at, keyspace, grace_s=0.5, recovery_interval_s=0.1)
     await sweeper.start()
@@ -563,11 +564,9 @@ async def test_a_send_answers_before_its_bookkeeping_which_follows(store: Cassan
 async def test_a_resend_finishes_the_fan_out_of_a_send_whose_writer_died(
     store: CassandraChatStore, crashy: CassandraChatStore
 ) -> None:
-    await recover_all(store)
-    chat, a, b = await direct(store)
-    crashy.crash_points = {"append.stored"}  # the row is stored, no update yet
-    with pytest.raises(SimulatedCrash):
-        await crashy.append_message(message(chat, a, "c-resend", "first"))
+    chat, a, b = await crashed_send(
+        store, crashy, "append.stored", "c-resend", "first"
+    )  # the row is stored, no update yet
     assert await store.last_update_id(b) == 0
 
     again = await store.append_message(message(chat, a, "c-resend", "second"))  # no recovery ran
@@ -587,11 +586,9 @@ async def test_a_resend_finishes_the_fan_out_of_a_send_whose_writer_died(
 async def test_a_resend_adopts_the_updates_a_dead_writer_stored_without_waiting(
     store: CassandraChatStore, crashy: CassandraChatStore
 ) -> None:
-    await recover_all(store)
-    chat, a, b = await direct(store)
-    crashy.crash_points = {"update.allocated"}  # updates stored, their (fresh) claims never learn it
-    with pytest.raises(SimulatedCrash):
-        await crashy.append_message(message(chat, a, "c-adopt"))
+    chat, a, b = await crashed_send(
+        store, crashy, "update.allocated", "c-adopt"
+    )  # updates stored, their (fresh) claims never learn it
 
     started = time.monotonic()
     again = await store.append_message(message(chat, a, "c-adopt"))
@@ -681,11 +678,7 @@ async def test_a_row_left_without_its_index_gets_it_before_the_next_seq(
     """The row and its index (the seq in the claim, messages_by_id) are written concurrently: a
     writer may die between them. The next allocation writes the index, so the writer's resumed
     claim finds its seq instead of allocating the message twice."""
-    await recover_all(store)
-    chat, a, b = await direct(store)
-    crashy.crash_points = {"append.stored"}
-    with pytest.raises(SimulatedCrash):
-        await crashy.append_message(message(chat, a, "c-index", "first"))
+    chat, a, b = await crashed_send(store, crashy, "append.stored", "c-index", "first")
     first = (await store.history(chat.chat_id, 1, 1))[0]
     unindex = "UPDATE {ks}.messages_by_client_id SET seq = null WHERE sender_id = %s AND client_msg_id = %s"
     await cql(store, unindex, a, "c-index")

@@ -25,14 +25,8 @@ pytestmark = [pytest.mark.node, pytest.mark.postgres, pytest.mark.redis, pytest.
 
 
 @pytest.fixture(scope="module")
-def backend_ticket():
-    return secrets.token_hex(16)
-
-
-@pytest.fixture(scope="module")
-def split(tmp_path_factory, distributed_env, backend_ticket):
+def split(tmp_path_factory, distributed_env):
     env, extra = distributed_env()
-    env["MESSENGER_BACKEND_TICKET"] = backend_ticket
     nodes = SplitNodes(tmp_path_factory.mktemp("split"), env, extra).start()
     yield nodes
     nodes.stop()
@@ -53,7 +47,8 @@ async def test_a_user_registers_logs_in_and_joins_through_the_split_nodes(split)
 
 
 @pytest_twisted.ensureDeferred
-async def test_backend_transport_needs_the_ticket_and_clients_cannot_become_backend(split, backend_ticket):
+async def test_backend_transport_needs_the_ticket_and_clients_cannot_become_backend(split):
+    backend_ticket = split.backend_ticket
     with pytest.raises(JoinFailed):
         await backend_join(split.backend_port, "wrong ticket")
     backend = await backend_join(split.backend_port, backend_ticket)
@@ -83,9 +78,8 @@ async def test_components_rejoin_by_themselves_when_the_router_node_restarts(spl
 
 
 @pytest.fixture(scope="module")
-def two_shards(tmp_path_factory, distributed_env, backend_ticket):
+def two_shards(tmp_path_factory, distributed_env):
     env, extra = distributed_env()
-    env["MESSENGER_BACKEND_TICKET"] = backend_ticket
     nodes = SplitNodes(tmp_path_factory.mktemp("shards"), env, extra, shards=2).start()
     yield nodes
     nodes.stop()

@@ -5,7 +5,6 @@ reconnect to the other shard and sync what was sent meanwhile. Backends stay joi
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 import time
@@ -33,14 +32,8 @@ pytestmark = [pytest.mark.node, pytest.mark.postgres, pytest.mark.redis, pytest.
 
 
 @pytest.fixture(scope="module")
-def backend_ticket() -> str:
-    return secrets.token_hex(16)
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, distributed_env, backend_ticket):
+def shards(tmp_path_factory, distributed_env):
     env, extra = distributed_env()
-    env["MESSENGER_BACKEND_TICKET"] = backend_ticket
     nodes = SplitNodes(tmp_path_factory.mktemp("drain"), env, extra, shards=2).start()
     yield nodes
     nodes.stop()
@@ -81,12 +74,12 @@ async def backends(session: Client) -> tuple[int, int]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_draining_a_shard_moves_its_users_to_the_other_one_without_losing_anything(shards, backend_ticket):
+async def test_draining_a_shard_moves_its_users_to_the_other_one_without_losing_anything(shards):
     a, b = shards.shards
     sender = await new_user(b)
     users = [await new_user(a) for _ in range(3)]
     chats = [await sender.d.call(uris.CHAT_CREATE_DIRECT, user_id=u.user_id) for u in users]
-    backend = await backend_join(a.backend_port, backend_ticket)
+    backend = await backend_join(a.backend_port, shards.backend_ticket)
     before = await backends(backend)
     assert before[1] >= 1
     code, state = http("GET", f"http://127.0.0.1:{a.metrics_port}/drain")

@@ -5,7 +5,6 @@ healed (docs/design/scale-out.md)."""
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import subprocess
 import time
@@ -30,7 +29,6 @@ PRESENCE = {"ttl_ms": 2000, "heartbeat_every_s": 0.5, "reap_every_s": 0.5}
 
 
 def start_split(workdir: Path, env: dict[str, str], extra: dict[str, Any], shards: int) -> SplitNodes:
-    env = {**env, "MESSENGER_BACKEND_TICKET": secrets.token_hex(16)}
     return SplitNodes(workdir, env, {**extra, "presence": PRESENCE}, shards=shards).start()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -168,7 +169,9 @@ class SplitNodes:
         self, workdir: Path, env: dict[str, str], extra: dict[str, Any] | None = None, shards: int = 1
     ) -> None:
         self.workdir = workdir
-        self.env = env
+        # the backend transport's shared secret: the given one, else a fresh one
+        self.env = {"MESSENGER_BACKEND_TICKET": secrets.token_hex(16), **env}
+        self.backend_ticket = self.env["MESSENGER_BACKEND_TICKET"]
         self.extra = extra or {}
         self.auth_http_port = free_port()
         self.shards = [_Shard(_Proc(workdir / f"router{i}", f"router{i}.log")) for i in range(shards)]
