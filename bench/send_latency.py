@@ -3,16 +3,21 @@
     .venv/bin/python -m bench.send_latency --url ws://127.0.0.1:8080/ws -n 1000
     .venv/bin/python -m bench.send_latency --start embedded -n 1000
     .venv/bin/python -m bench.send_latency --start distributed -n 1000   # needs scripts/services.sh up
+    .venv/bin/python -m bench.send_latency --start distributed --shards 1 -n 1000
 
 Prints p50/p90/p99/max in milliseconds. With --start, a node of that profile is started in a
-temporary folder (as the tests do) and stopped afterwards.
+temporary folder (as the tests do) and stopped afterwards. ``--start distributed`` runs the
+components inside the Crossbar node (``.crossbar/config.json``, distributed profile); with
+``--shards N`` it runs the shipped distributed configs instead (N router shards and one
+components process, ``tests/support/node.py: SplitNodes``), as ``bench.loadgen`` does. Either
+way the node gets a Postgres database and a Cassandra keyspace of its own (``bench_<hex>``, as
+``bench.loadgen --start distributed`` makes them), dropped at the end: the shared test database
+may hold signing keys sealed with another run's key secret.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import statistics
 import sys
 import tempfile
@@ -25,9 +30,10 @@ from twisted.internet import defer, reactor, task
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import DistributedStores  # noqa: E402
 from tests.integration.helpers import PASSWORD, new_username  # noqa: E402
 from tests.support.client import connect  # noqa: E402
-from tests.support.node import Node  # noqa: E402
+from tests.support.node import Node, SplitNodes  # noqa: E402
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -71,37 +77,36 @@ async def run(url: str, n: int, serializer: str) -> dict[str, Any]:
     }
 
 
-def drop_keyspace(hostport: str, keyspace: str) -> None:
-    from cassandra.cluster import Cluster
-
-    host, port = hostport.rsplit(":", 1)
-    cluster = Cluster([host], port=int(port), connect_timeout=10)
-    try:
-        cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
-    finally:
-        cluster.shutdown()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="ws://127.0.0.1:8080/ws")
     parser.add_argument("--start", choices=["embedded", "distributed"])
     parser.add_argument("-n", type=int, default=1000)
     parser.add_argument("--serializer", default="msgpack", choices=["json", "msgpack", "cbor"])
+    parser.add_argument(
+        "--shards", type=int, help="--start distributed: N router shards + a components process (SplitNodes)"
+    )
     args = parser.parse_args()
-    node = None
-    env: dict[str, str] = {}
-    extra: dict[str, Any] = {}
+    if args.shards is not None and args.start != "distributed":
+        parser.error("--shards goes with --start distributed")
+    node: Any = None
+    stores: DistributedStores | None = None
     if args.start:
+        workdir = Path(tempfile.mkdtemp(prefix="bench-"))
         if args.start == "distributed":
-            env = {
-                "MESSENGER_PG_DSN": os.environ.get("MESSENGER_TEST_PG_DSN", ""),
-                "MESSENGER_REDIS_URL": os.environ.get("MESSENGER_TEST_REDIS_URL", ""),
-                "MESSENGER_CASSANDRA": os.environ.get("MESSENGER_TEST_CASSANDRA", ""),
-                "MESSENGER_KEY_SECRET": secrets.token_hex(16),
-            }
-            extra = {"cassandra_keyspace": f"bench_{secrets.token_hex(4)}"}
-        node = Node(Path(tempfile.mkdtemp(prefix="bench-")), profile=args.start, extra=extra, env=env).start()
+            stores = DistributedStores.make(None)
+            extra = {"cassandra_keyspace": stores.keyspace}
+            try:
+                if args.shards:
+                    node = SplitNodes(workdir, stores.env(), extra, shards=args.shards).start(timeout=180)
+                    print(f"components process pid {node.components.proc.pid}", file=sys.stderr)
+                else:
+                    node = Node(workdir, profile="distributed", extra=extra, env=stores.env()).start()
+            except BaseException:
+                stores.drop()
+                raise
+        else:
+            node = Node(workdir, profile=args.start).start()
         args.url = node.url
     result: dict[str, Any] = {}
 
@@ -115,9 +120,11 @@ def main() -> None:
     reactor.run()  # type: ignore[misc]
     if node:
         node.stop()
-        if extra.get("cassandra_keyspace"):
-            drop_keyspace(os.environ["MESSENGER_TEST_CASSANDRA"], extra["cassandra_keyspace"])
+    if stores is not None:
+        stores.drop()
     profile = args.start or args.url
+    if args.shards:
+        profile += f", {args.shards} shard(s) + components process"
     print(
         f"message.send [{profile}, {args.serializer}]: n={result['sends']} p50={result['p50_ms']:.2f} ms "
         f"p90={result['p90_ms']:.2f} ms p99={result['p99_ms']:.2f} ms max={result['max_ms']:.2f} ms "

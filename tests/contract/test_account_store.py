@@ -480,6 +480,27 @@ async def test_blocks(store: Store) -> None:
     assert await store.list_blocked(me.user_id) == sorted([b.user_id, c.user_id])
 
 
+@pytest_twisted.ensureDeferred
+async def test_concurrent_calls_on_one_store(store: Store) -> None:
+    """200 concurrent is_blocked, get_account and block/unblock calls on one store instance (more
+    callers than a pool has connections): every call answers, and correctly."""
+    me, blocked, other = [await new_account(store) for _ in range(3)]
+    await store.block(me.user_id, blocked.user_id, NOW)
+    reads: list[defer.Deferred[Any]] = []
+    expected: list[Any] = []
+    for i in range(200):
+        target = blocked if i % 2 else other
+        reads.append(defer.ensureDeferred(store.is_blocked(me.user_id, target.user_id)))
+        expected.append(target is blocked)
+        reads.append(defer.ensureDeferred(store.get_account(me.user_id)))
+        expected.append(me)
+    writes = [defer.ensureDeferred(store.block(other.user_id, me.user_id, NOW + i)) for i in range(20)]
+    results = await defer.DeferredList(reads + writes, consumeErrors=True)
+    assert [r.value for ok, r in results if not ok] == []
+    assert [r for _, r in results][: len(reads)] == expected
+    assert await store.is_blocked(other.user_id, me.user_id)
+
+
 # -- signing keys -----------------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_signing_keys_newest_first_and_strictly_after(store: Store) -> None:

@@ -1,5 +1,6 @@
 """The Postgres adapter when the server misbehaves: killed backends, nothing listening, a silent
-or vanished server, more callers than connections, instances migrating at once.
+or vanished server, more callers than connections, calls timing out while others wait for their
+connection, statements the server rejects, instances migrating at once.
 
 The server itself is never stopped (others share it): a dead server is simulated with a TCP
 relay in front of it that can refuse, drop or freeze connections, and killed connections with
@@ -21,10 +22,12 @@ import pytest_twisted
 from psycopg2.extensions import make_dsn, parse_dsn
 from twisted.internet import defer, protocol, task
 from twisted.internet import reactor as _reactor
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from zope.interface import provider
 
-from common.errors import Unavailable
+from common.errors import MessengerError, Unavailable
 from common.resilience import CircuitBreaker
-from components.auth.adapters.postgres import MIGRATIONS, PostgresAccountStore
+from components.auth.adapters.postgres import MIGRATIONS, PostgresAccountStore, StoreFault
 from components.auth.domain import Account, Device, RefreshToken, RotateOutcome, new_id
 from tests.contract.conftest import drop_schema
 from tests.support.relay import Relay
@@ -38,6 +41,13 @@ NOW = 1_700_000_000_000
 
 async def sleep(seconds: float) -> None:
     await task.deferLater(reactor, seconds, lambda: None)
+
+
+async def within(seconds: float, d: defer.Deferred[Any]) -> Any:
+    """``d``'s result, or ``defer.TimeoutError`` after ``seconds``: a broken pool fails the test
+    instead of hanging it (with a lock held that the schema's clean-up would wait for)."""
+    d.addTimeout(seconds, reactor)
+    return await d
 
 
 def account(username: str | None = None) -> Account:
@@ -314,3 +324,132 @@ async def test_instances_starting_together_migrate_once(
     finally:
         for s in stores:
             await s.stop()
+
+
+# -- concurrency --------------------------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_many_concurrent_calls_on_one_store_all_succeed(pg_dsn: str, schema: str) -> None:
+    """200 concurrent is_blocked and 200 get_account on one store (4 connections): every call
+    answers, correctly, and the breaker never hears of a failure."""
+    store = PostgresAccountStore(pg_dsn, reactor, schema=schema)
+    await store.start()
+    try:
+        alice, bob, carol = account(), account(), account()
+        for a in (alice, bob, carol):
+            await store.create_account(a)
+        await store.block(alice.user_id, bob.user_id, NOW)
+        calls: list[defer.Deferred[Any]] = []
+        expected: list[Any] = []
+        for i in range(200):
+            blocked = (bob if i % 2 else carol).user_id
+            calls.append(defer.ensureDeferred(store.is_blocked(alice.user_id, blocked)))
+            expected.append(blocked == bob.user_id)
+            calls.append(defer.ensureDeferred(store.get_account(alice.user_id)))
+            expected.append(alice)
+        results = await within(30, defer.DeferredList(calls, consumeErrors=True))
+        errors = [r.value for ok, r in results if not ok]
+        assert errors == []
+        assert [r for _, r in results] == expected
+        assert store.breaker.state == "closed"
+        assert store.pool_size <= 4
+    finally:
+        await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_call_timing_out_mid_statement_does_not_hand_its_busy_connection_on(pg_dsn: str, schema: str) -> None:
+    """The cause of "postgres is unavailable: ProgrammingError" under load: a call cancelled by its
+    timeout released its connection (statement still running) to the next waiter, whose statement
+    then failed with psycopg2's "asynchronous query is underway" and opened the breaker."""
+    breaker = CircuitBreaker("postgres-test", reactor, call_timeout_s=0.5, retries=0)
+    store = PostgresAccountStore(pg_dsn, reactor, schema=schema, max_connections=1, breaker=breaker)
+    await store.start()
+    locker = psycopg2.connect(with_params(pg_dsn, options=f"-c search_path={schema}"))
+    try:
+        alice, bob = account(), account()
+        await store.create_account(alice)
+        await store.create_account(bob)
+        with locker.cursor() as cur:  # is_blocked's SELECT now waits for this transaction
+            cur.execute("LOCK TABLE blocks IN ACCESS EXCLUSIVE MODE")
+        stuck = defer.ensureDeferred(store.is_blocked(alice.user_id, bob.user_id))
+        await sleep(0.25)
+        waiting = [defer.ensureDeferred(store.get_account(alice.user_id)) for _ in range(5)]  # for the one connection
+        with pytest.raises(Unavailable, match="TimeoutError"):
+            await within(5, stuck)
+        assert await within(5, defer.gatherResults(waiting)) == [alice] * 5
+        assert store.breaker.state == "closed"
+        locker.rollback()
+        assert await store.is_blocked(alice.user_id, bob.user_id) is False
+    finally:
+        locker.close()
+        await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_timeouts_among_many_concurrent_calls_fail_only_themselves(pg_dsn: str, schema: str) -> None:
+    """Under a burst, calls cancelled mid-statement (a lock holds them) fail with their timeout
+    and nothing else: the calls that were not stuck all answer, and none fails with anything
+    but a timeout (no ProgrammingError, no deep recursion through the pool's waiters)."""
+    breaker = CircuitBreaker("postgres-test", reactor, call_timeout_s=0.6, retries=0, failure_threshold=1000)
+    store = PostgresAccountStore(pg_dsn, reactor, schema=schema, max_connections=4, breaker=breaker)
+    await store.start()
+    locker = psycopg2.connect(with_params(pg_dsn, options=f"-c search_path={schema}"))
+    try:
+        alice, bob = account(), account()
+        await store.create_account(alice)
+        await store.create_account(bob)
+        with locker.cursor() as cur:
+            cur.execute("LOCK TABLE blocks IN ACCESS EXCLUSIVE MODE")
+        stuck = [defer.ensureDeferred(store.is_blocked(alice.user_id, bob.user_id)) for _ in range(4)]
+        await sleep(0.3)  # every connection is now busy with a statement that will time out
+        others = [defer.ensureDeferred(store.get_account(alice.user_id)) for _ in range(300)]
+        results = await within(5, defer.DeferredList(stuck, consumeErrors=True))
+        assert all(not ok and isinstance(r.value, Unavailable) and "TimeoutError" in str(r.value) for ok, r in results)
+        outcomes = await within(10, defer.DeferredList(others, consumeErrors=True))
+        failures = [r.value for ok, r in outcomes if not ok]
+        assert all(isinstance(f, Unavailable) and "TimeoutError" in str(f) for f in failures), failures[:3]
+        assert len(failures) < len(others) // 2  # most of them waited a little and were served
+        assert all(r == alice for ok, r in outcomes if ok)
+        locker.rollback()
+    finally:
+        locker.close()
+        await store.stop()
+
+
+# -- statements the server rejects -------------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_a_rejected_statement_is_an_internal_error_not_an_outage(pg_dsn: str, schema: str) -> None:
+    """A statement the server rejects as wrong is a bug here: StoreFault (messenger.error.internal),
+    logged with its SQL but not its parameters, never retried, and the breaker stays closed."""
+    breaker = CircuitBreaker("postgres-test", reactor, failure_threshold=2)
+    store = PostgresAccountStore(pg_dsn, reactor, schema=schema, breaker=breaker)
+    await store.start()
+    logged: list[str] = []
+
+    @provider(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        if event.get("log_level") is not None and "rejected a statement" in (event.get("log_format") or ""):
+            logged.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        alice, bob = account(), account()
+        await store.create_account(alice)
+        await store.create_account(bob)
+        for _ in range(5):
+            with pytest.raises(StoreFault) as caught:  # DataError: bigint out of range
+                await store.block(alice.user_id, bob.user_id, 10**30)
+            assert isinstance(caught.value, MessengerError) and caught.value.code == "internal"
+        for _ in range(3):
+            with pytest.raises(StoreFault):  # ProgrammingError: a syntax error (no public call has one)
+                await store._fetch("SELEC 1 FROM blocks WHERE blocker_id = %s", ("secret-param",))
+        assert store.breaker.state == "closed"
+        assert await store.get_account(alice.user_id) == alice
+        assert await store.is_blocked(alice.user_id, bob.user_id) is False
+        assert len(logged) == 8
+        assert "out of range" in logged[0] and "SQL: INSERT INTO blocks" in logged[0]
+        assert "SyntaxError" in logged[-1] and "SQL: SELEC 1 FROM blocks" in logged[-1]
+        assert not any(str(10**30) in line or "secret-param" in line for line in logged)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        await store.stop()

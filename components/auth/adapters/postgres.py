@@ -14,6 +14,18 @@ Dead connections are dropped and replaced by themselves:
 - connecting has its own timeout, so an unreachable server cannot hang a call (libpq still
   resolves a host name synchronously: give an IP address or a name the local resolver knows).
 
+A connection carries one statement at a time: the pool never hands out a connection whose
+statement is still running (a call cancelled by its timeout marks its connection broken
+*before* anybody else can run, and a connection still executing is never pooled), so
+concurrent calls never meet psycopg2's "asynchronous query is underway".
+
+Errors are sorted by whose fault they are. The server being away or slow (connection lost,
+timeouts, ``OperationalError``) counts against the breaker and answers :class:`Unavailable`.
+A statement the server rejected as wrong (``ProgrammingError``, ``DataError``, an integrity
+violation no caller maps, ...) is a bug here: it is logged with its SQL (never its
+parameters), answers :class:`StoreFault` (``messenger.error.internal``), and does not count
+as the dependency being down.
+
 Migrations run at :meth:`PostgresAccountStore.start`, in one transaction holding an advisory
 lock, so several instances may start at once.
 """
@@ -34,7 +46,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from txpostgres import txpostgres
 
-from common.errors import Conflict, NotFound, Unavailable
+from common.errors import Conflict, MessengerError, NotFound, Unavailable
 from common.resilience import CircuitBreaker
 from components.auth.adapters import rows as rowmap
 from components.auth.domain import (
@@ -129,6 +141,46 @@ _REVOKE_SQL = (
 )
 
 Row = tuple[Any, ...]
+SQL_ATTR = "messenger_sql"  # set on a psycopg2 error: the statement's SQL (without its parameters)
+
+
+class StoreFault(MessengerError):
+    """A statement the server rejected as wrong: a bug in this adapter, not an outage.
+
+    A :class:`MessengerError` (code ``internal``), so the breaker sees an answer from the
+    server and neither retries it nor counts it as a failure of the dependency."""
+
+    code = "internal"
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _is_fault(e: psycopg2.Error) -> bool:
+    """Whether the server (or psycopg2) rejected the statement itself, rather than failing to run it."""
+    if isinstance(e, psycopg2.ProgrammingError | psycopg2.DataError | psycopg2.NotSupportedError):
+        return True
+    if isinstance(e, psycopg2.InternalError):  # invalid transaction state, ...; class XX: the server's own trouble
+        return not str(getattr(e, "pgcode", None) or "").startswith("XX")
+    return False
+
+
+def _fault(e: BaseException, sql: str | None) -> StoreFault:
+    """Log ``e`` with the statement's SQL, and answer the :class:`StoreFault` to raise.
+
+    Only the server's primary message is logged: its detail lines may quote the statement with
+    its parameters interpolated (password hashes, token hashes)."""
+    diag = getattr(e, "diag", None)
+    primary = getattr(diag, "message_primary", None) or (str(e).splitlines() or [""])[0]
+    log.error(
+        "postgres rejected a statement (a bug, not an outage): {error_type} {pgcode}: {error}; SQL: {sql}",
+        error_type=type(e).__name__,
+        pgcode=getattr(e, "pgcode", None) or "-",
+        error=primary.strip(),
+        sql=" ".join((sql or "(unknown)").split()),
+    )
+    return StoreFault("internal error; the failure was logged")
 
 
 def _integrity(e: psycopg2.IntegrityError, conflict: str, missing: str = "unknown user") -> Exception:
@@ -136,7 +188,7 @@ def _integrity(e: psycopg2.IntegrityError, conflict: str, missing: str = "unknow
         return Conflict(conflict)
     if isinstance(e, psycopg2.errors.ForeignKeyViolation):
         return NotFound(missing)
-    return e
+    return _fault(e, getattr(e, SQL_ATTR, None))
 
 
 # -- connections and pool ------------------------------------------------------------------------
@@ -156,12 +208,13 @@ class _Connection(txpostgres.Connection):
             super().doRead()
         except psycopg2.Error as e:
             self.broken = True
-            log.info("postgres connection lost while idle: {error}", error=" ".join(str(e).split()))
+            log.info("postgres connection lost while idle: {error}", error=_one_line(e))
 
 
 def _alive(conn: _Connection) -> bool:
+    """Open, and free for a statement (none still running on it)."""
     pg = conn.pollable()
-    return not conn.broken and pg is not None and not pg.closed
+    return not conn.broken and pg is not None and not pg.closed and not pg.isexecuting()
 
 
 def _close_quietly(conn: _Connection) -> None:
@@ -171,17 +224,23 @@ def _close_quietly(conn: _Connection) -> None:
         pass
 
 
-def _guard(d: defer.Deferred[Any], on_cancel: Callable[[], None]) -> defer.Deferred[Any]:
-    """``d``'s result, through a Deferred whose cancellation runs ``on_cancel`` (close the connection).
+def _guard(d: defer.Deferred[Any], conn: _Connection) -> defer.Deferred[Any]:
+    """``d``'s result, through a Deferred whose cancellation abandons ``conn`` (closes it).
 
     txpostgres's own cancellation sends a cancel request and raises until the server answers;
     a timed-out call on a dead server would then never finish. Closing the connection always
     ends the call at once, and the pool replaces the connection.
+
+    The connection is marked broken *before* the caller hears of the cancellation: the caller
+    releases the connection from that errback, and the release must not pool a connection
+    whose statement is still running (the next call on it would fail with psycopg2's
+    ``ProgrammingError: ... asynchronous query is underway``).
     """
 
     def cancel(out: defer.Deferred[Any]) -> None:
+        conn.broken = True
         out.errback(defer.CancelledError())
-        on_cancel()
+        _close_quietly(conn)
 
     out: defer.Deferred[Any] = defer.Deferred(cancel)
 
@@ -205,7 +264,19 @@ class _Cursor:
         self._cursor = conn.cursor()
 
     async def execute(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> None:
-        await _guard(self._cursor.execute(sql, params), lambda: _close_quietly(self._conn))
+        """Run one statement. A statement the server rejects as wrong raises :class:`StoreFault`
+        (logged with ``sql``); integrity violations stay psycopg2's, for the caller to map."""
+        try:
+            await _guard(self._cursor.execute(sql, params), self._conn)
+        except psycopg2.IntegrityError as e:
+            setattr(e, SQL_ATTR, sql)
+            raise
+        except psycopg2.Error as e:
+            if _is_fault(e):
+                raise _fault(e, sql) from e
+            raise
+        except (ValueError, TypeError) as e:  # parameters psycopg2 cannot send (a NUL in a string, ...)
+            raise _fault(e, sql) from e
 
     def fetchone(self) -> Row | None:
         row = self._cursor.fetchone()
@@ -232,6 +303,8 @@ class _Pool:
         self._busy: set[_Connection] = set()
         self._size = 0  # connections open, opening or in use
         self._waiters: list[defer.Deferred[None]] = []
+        self._wakes = 0  # wakes owed to waiters, while _wake's loop runs
+        self._waking = False
         self.closed = False
 
     @property
@@ -240,7 +313,7 @@ class _Pool:
 
     async def _connect(self) -> _Connection:
         conn = _Connection(self._reactor)
-        d = _guard(conn.connect(self._dsn), lambda: _close_quietly(conn))
+        d = _guard(conn.connect(self._dsn), conn)
         d.addTimeout(self.connect_timeout_s, self._reactor)
         try:
             await d
@@ -293,8 +366,20 @@ class _Pool:
         self._wake()
 
     def _wake(self) -> None:
-        if self._waiters:
-            self._waiters.pop(0).callback(None)
+        """Let the longest waiter look again. A woken waiter runs at once, and may release or
+        drop a connection itself (a call that fails synchronously): those wakes are served by
+        the loop of the outermost call instead of recursing, one stack frame per waiter."""
+        self._wakes += 1
+        if self._waking:
+            return
+        self._waking = True
+        try:
+            while self._wakes and self._waiters:
+                self._wakes -= 1
+                self._waiters.pop(0).callback(None)
+        finally:
+            self._waking = False
+            self._wakes = 0
 
     async def fill(self) -> None:
         """Open connections until ``min_size`` are open."""
@@ -319,6 +404,12 @@ class _Pool:
 
     async def run(self, fn: Callable[[_Cursor], Awaitable[T]], *, transaction: bool) -> T:
         """``fn`` on a connection of its own, inside ``BEGIN``/``COMMIT`` if ``transaction``."""
+        try:
+            return await self._run(fn, transaction=transaction)
+        except psycopg2.IntegrityError as e:  # one that ``fn`` did not map: a bug too
+            raise _fault(e, getattr(e, SQL_ATTR, None)) from e
+
+    async def _run(self, fn: Callable[[_Cursor], Awaitable[T]], *, transaction: bool) -> T:
         conn = await self.acquire()
         healthy = False
         try:
@@ -337,7 +428,7 @@ class _Pool:
                         await cur.execute("ROLLBACK")
                         healthy = True
                     except Exception as e:
-                        log.info("postgres rollback failed: {error}", error=" ".join(str(e).split()))
+                        log.info("postgres rollback failed: {error}", error=_one_line(e))
                 raise
             await cur.execute("COMMIT")
             healthy = True
