@@ -563,18 +563,24 @@ async def messaging_worker(spec: WorkerSpec, shared: Shared) -> dict[str, Any]:
             return
         sender = sessions[u * size]
         assert sender is not None
-        try:
-            if spec.scenario == "floor":
-                dests[u] = f"messenger.user.{members[1]['user_id']}"
-            elif spec.scenario == "group":
-                others = [m["user_id"] for m in members[1:]]
-                chat = await sender.call("messenger.chat.create_group", title=f"{marker}{u}", member_ids=others)
+        if spec.scenario == "floor":
+            dests[u] = f"messenger.user.{members[1]['user_id']}"
+            return
+        for attempt in range(5):  # as a client would: retry what the server answers as unavailable
+            try:
+                if spec.scenario == "group":
+                    others = [m["user_id"] for m in members[1:]]
+                    chat = await sender.call("messenger.chat.create_group", title=f"{marker}{u}", member_ids=others)
+                else:
+                    chat = await sender.call("messenger.chat.create_direct", user_id=members[1]["user_id"])
                 dests[u] = chat["chat_id"]
-            else:
-                chat = await sender.call("messenger.chat.create_direct", user_id=members[1]["user_id"])
-                dests[u] = chat["chat_id"]
-        except Exception as e:
-            errors[f"setup: {error_key(e)}"] += 1
+                return
+            except Exception as e:
+                key = error_key(e)
+                if "unavailable" not in key or attempt == 4:
+                    errors[f"setup: {key}"] += 1
+                    return
+                await asyncio.sleep(0.5 * (attempt + 1))
 
     await asyncio.gather(*(setup(u) for u in range(n_units)))
     ready = [u for u in range(n_units) if dests[u] is not None]
