@@ -356,6 +356,16 @@ async def test_many_concurrent_calls_on_one_store_all_succeed(pg_dsn: str, schem
         await store.stop()
 
 
+async def two_accounts_with_blocks_locked(store: PostgresAccountStore, locker: Any) -> tuple[Any, Any]:
+    """Two new accounts; then ``locker`` holds the blocks table, so is_blocked's SELECT waits."""
+    alice, bob = account(), account()
+    await store.create_account(alice)
+    await store.create_account(bob)
+    with locker.cursor() as cur:
+        cur.execute("LOCK TABLE blocks IN ACCESS EXCLUSIVE MODE")
+    return alice, bob
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_call_timing_out_mid_statement_does_not_hand_its_busy_connection_on(pg_dsn: str, schema: str) -> None:
     """The cause of "postgres is unavailable: ProgrammingError" under load: a call cancelled by its
@@ -366,11 +376,7 @@ async def test_a_call_timing_out_mid_statement_does_not_hand_its_busy_connection
     await store.start()
     locker = psycopg2.connect(with_params(pg_dsn, options=f"-c search_path={schema}"))
     try:
-        alice, bob = account(), account()
-        await store.create_account(alice)
-        await store.create_account(bob)
-        with locker.cursor() as cur:  # is_blocked's SELECT now waits for this transaction
-            cur.execute("LOCK TABLE blocks IN ACCESS EXCLUSIVE MODE")
+        alice, bob = await two_accounts_with_blocks_locked(store, locker)
         stuck = defer.ensureDeferred(store.is_blocked(alice.user_id, bob.user_id))
         await sleep(0.25)
         waiting = [defer.ensureDeferred(store.get_account(alice.user_id)) for _ in range(5)]  # for the one connection
@@ -395,11 +401,7 @@ async def test_timeouts_among_many_concurrent_calls_fail_only_themselves(pg_dsn:
     await store.start()
     locker = psycopg2.connect(with_params(pg_dsn, options=f"-c search_path={schema}"))
     try:
-        alice, bob = account(), account()
-        await store.create_account(alice)
-        await store.create_account(bob)
-        with locker.cursor() as cur:
-            cur.execute("LOCK TABLE blocks IN ACCESS EXCLUSIVE MODE")
+        alice, bob = await two_accounts_with_blocks_locked(store, locker)
         stuck = [defer.ensureDeferred(store.is_blocked(alice.user_id, bob.user_id)) for _ in range(4)]
         await sleep(0.3)  # every connection is now busy with a statement that will time out
         others = [defer.ensureDeferred(store.get_account(alice.user_id)) for _ in range(300)]
