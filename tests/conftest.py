@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from tests.support.node import Node
+from tests.support.node import Node, SplitNodes
 
 SERVICES_HINT = "start the test servers with `scripts/services.sh up` (the README's test command does it)"
 
@@ -117,6 +117,25 @@ def distributed_env(new_pg_database, redis_url, cassandra_location, new_keyspace
         return env, {"cassandra_keyspace": new_keyspace()}
 
     return make
+
+
+@pytest.fixture(scope="module")
+def split_nodes(
+    tmp_path_factory: pytest.TempPathFactory, distributed_env: Callable[..., Any]
+) -> Iterator[Callable[..., SplitNodes]]:
+    """``make(name, shards=1, **extra) -> SplitNodes``: the shipped distributed configs with their
+    own database and keyspace, started; stopped at the end of the module."""
+    started: list[SplitNodes] = []
+
+    def make(name: str, shards: int = 1, **more: Any) -> SplitNodes:
+        env, extra = distributed_env()
+        nodes = SplitNodes(tmp_path_factory.mktemp(name), env, {**extra, **more}, shards=shards).start()
+        started.append(nodes)
+        return nodes
+
+    yield make
+    for nodes in started:
+        nodes.stop()
 
 
 @pytest.fixture(scope="session")

@@ -19,17 +19,13 @@ from realms import uris
 from tests.integration.chat_helpers import add_device, close_all, new_user, wait_for
 from tests.integration.helpers import user_session
 from tests.support.client import Client, JoinFailed, connect
-from tests.support.node import SplitNodes
 
 pytestmark = [pytest.mark.node, pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def split(tmp_path_factory, distributed_env):
-    env, extra = distributed_env()
-    nodes = SplitNodes(tmp_path_factory.mktemp("split"), env, extra).start()
-    yield nodes
-    nodes.stop()
+def split(split_nodes):
+    return split_nodes("split")
 
 
 async def backend_join(port: int, ticket: str) -> Client:
@@ -78,11 +74,8 @@ async def test_components_rejoin_by_themselves_when_the_router_node_restarts(spl
 
 
 @pytest.fixture(scope="module")
-def two_shards(tmp_path_factory, distributed_env):
-    env, extra = distributed_env()
-    nodes = SplitNodes(tmp_path_factory.mktemp("shards"), env, extra, shards=2).start()
-    yield nodes
-    nodes.stop()
+def two_shards(split_nodes):
+    return split_nodes("shards", shards=2)
 
 
 @pytest_twisted.ensureDeferred

@@ -26,17 +26,14 @@ from router.drain import CLOSE_REASON
 from tests.integration.chat_helpers import close_all, new_user
 from tests.integration.helpers import login
 from tests.support.client import Client, JoinFailed, connect
-from tests.support.node import ROOT, SplitNodes
+from tests.support.node import ROOT
 
 pytestmark = [pytest.mark.node, pytest.mark.postgres, pytest.mark.redis, pytest.mark.cassandra, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, distributed_env):
-    env, extra = distributed_env()
-    nodes = SplitNodes(tmp_path_factory.mktemp("drain"), env, extra, shards=2).start()
-    yield nodes
-    nodes.stop()
+def shards(split_nodes):
+    return split_nodes("drain", shards=2)
 
 
 def http(method: str, url: str) -> tuple[int, dict[str, Any]]:

@@ -33,11 +33,9 @@ def start_split(workdir: Path, env: dict[str, str], extra: dict[str, Any], shard
 
 
 @pytest.fixture(scope="module")
-def three(tmp_path_factory: pytest.TempPathFactory, distributed_env: Any) -> Iterator[SplitNodes]:
-    env, extra = distributed_env()
-    nodes = start_split(tmp_path_factory.mktemp("three"), env, extra, 3)
-    yield nodes
-    nodes.stop()
+def three(split_nodes: Any) -> SplitNodes:
+    nodes: SplitNodes = split_nodes("three", shards=3, presence=PRESENCE)
+    return nodes
 
 
 async def sleep(seconds: float) -> None:
