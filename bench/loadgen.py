@@ -12,7 +12,9 @@ latency), ``group`` (groups of G members, one sender per group; latency per reci
 deliveries/s), ``cross-shard`` (``chat`` with the two ends of every pair on different router
 shards), ``floor`` (the ``chat`` pattern as acknowledged PUBLISHes on a bare Crossbar router, no
 components: the floor we compare ourselves to), and ``compare`` (``chat`` and ``floor`` at the
-same rates, side by side). ``--out DIR`` writes samples.csv, summary.json and latency.png.
+same rates, side by side), ``kill-shard`` (``cross-shard`` on a distributed node it starts; one
+shard is SIGKILLed mid-run, clients reconnect to the next shard and sync: acknowledged messages
+lost, time back and caught up; ``bench/killshard.py``). ``--out DIR`` writes samples.csv, summary.json and latency.png.
 Accounts are made once and cached with their tokens in ``--accounts``. See bench/README.md.
 """
 
@@ -32,6 +34,7 @@ import resource
 import secrets
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -40,6 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from bench.killshard import kill_shard_worker
 from bench.wampws import SessionLost, WampError, WampSession, open_session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,8 +51,8 @@ PASSWORD = "loadgen password 1"
 DEFAULT_ACCOUNTS = ROOT / "var" / "loadgen-accounts.json"
 SHIPPED_SEND_LIMIT = (40, 2.0)  # messenger.message.send: 40 per 2 s per user (shipped config)
 MIN_TOKEN_VALIDITY = 120.0  # refresh tokens that expire sooner than this (seconds)
-SCENARIOS = ("sessions", "chat", "group", "cross-shard", "floor", "compare")
-MESSAGING = ("chat", "group", "cross-shard", "floor")
+SCENARIOS = ("sessions", "chat", "group", "cross-shard", "kill-shard", "floor", "compare")
+MESSAGING = ("chat", "group", "cross-shard", "kill-shard", "floor")
 SERVICES_HINT = 'start the test servers: scripts/services.sh up && eval "$(scripts/services.sh env)"'
 
 
@@ -692,7 +696,7 @@ async def messaging_worker(spec: WorkerSpec, shared: Shared) -> dict[str, Any]:
 
 def worker_entry(spec: WorkerSpec, shared: Shared) -> None:
     raise_nofile()
-    fn = sessions_worker if spec.scenario == "sessions" else messaging_worker
+    fn = {"sessions": sessions_worker, "kill-shard": kill_shard_worker}.get(spec.scenario, messaging_worker)
     try:
         result = asyncio.run(fn(spec, shared))
         shared.queue.put(("done", spec.index, result))
@@ -744,10 +748,23 @@ def run_workers(args: argparse.Namespace, specs: list[WorkerSpec], server_pids: 
     cpu_mid = tree_cpu_seconds(server_pids) if server_pids else None
     go_at = time.monotonic()
     shared.go.set()
+    killer: threading.Timer | None = None
+    killed_at: list[float] = []
+    if args.scenario == "kill-shard":
+
+        def kill() -> None:
+            killed_at.append(time.time())
+            args.kill(args.kill_shard)
+            log(f"shard {args.kill_shard} SIGKILLed ({args.urls[args.kill_shard]})")
+
+        killer = threading.Timer(args.kill_after, kill)
+        killer.start()
     log(f"all workers ready: {'holding' if args.scenario == 'sessions' else 'sending'} for {args.duration:g} s")
     deadline = time.monotonic() + args.duration + args.drain + 120
     while len(done) < len(procs) and time.monotonic() < deadline:
         receive(deadline)
+    if killer is not None:
+        killer.cancel()
     if server_pids and cpu_mid is not None:
         server_cpu = tree_cpu_seconds(server_pids) - cpu_mid
     for p in procs:
@@ -765,6 +782,7 @@ def run_workers(args: argparse.Namespace, specs: list[WorkerSpec], server_pids: 
         "server_cpu_before_go": (cpu_mid - cpu_before) if cpu_mid is not None and cpu_before is not None else None,
         "server_cpu_during": server_cpu,
         "measured_seconds": time.monotonic() - go_at,
+        "killed_at": killed_at[0] if killed_at else None,
     }
 
 
@@ -894,6 +912,27 @@ def summarize(args: argparse.Namespace, raw: dict[str, Any], extra: dict[str, An
             stale_events=sum(w.get("stale_events", 0) for w in ws),
             drain_seconds=round(max((w.get("drain_seconds", 0.0) for w in ws), default=0.0), 2),
         )
+        if args.scenario == "kill-shard":
+            killed_at = raw.get("killed_at")
+            out["kill"] = {
+                "shard": args.kill_shard,
+                "after_s": args.kill_after,
+                "killed": killed_at is not None,
+                "acknowledged_lost": sum(w.get("acknowledged_lost", 0) for w in ws),
+                "missing_before_final_sync": sum(w.get("missing_before_final_sync", 0) for w in ws),
+                "delivered_live": sum(w.get("delivered_live", 0) for w in ws),
+                "resent": sum(w.get("resent", 0) for w in ws),
+                "clients_moved": sum(w.get("clients_moved", 0) for w in ws),
+                "clients_recovered": sum(w.get("clients_recovered", 0) for w in ws),
+                "receivers_moved": sum(w.get("receivers_moved", 0) for w in ws),
+                "recovery_ms": percentiles([x for w in ws for x in w.get("recovery_ms", [])]),
+                "recovery_ms_receivers": percentiles([x for w in ws for x in w.get("recovery_ms_receivers", [])]),
+                "first_loss_after_kill_ms": (
+                    round((min(t for w in ws for t in w.get("lost_at", [])) - killed_at) * 1000, 1)
+                    if killed_at is not None and any(w.get("lost_at") for w in ws)
+                    else None
+                ),
+            }
     out["timeline"] = timeline(samples, accepted_at, t0) if ws else []
     out["_samples"] = samples  # taken out before printing: --out writes them to samples.csv
     return out
@@ -910,6 +949,7 @@ PLACEMENT = {
     "floor": "both ends of a pair on the same router",
     "group": "members spread over the routers",
     "cross-shard": "sender on shard i, receiver on shard i+1 (mod shards)",
+    "kill-shard": "sender on shard i, receiver on shard i+1 (mod shards)",
 }
 
 
@@ -951,6 +991,20 @@ def render(r: dict[str, Any]) -> str:
             f"accept latency          {fmt_pct(r['call_ms'])}  ({what})",
             f"send → receipt latency  {fmt_pct(r['delivery_ms'])}",
         ]
+        if "kill" in r:
+            k = r["kill"]
+            lines += [
+                f"killed                  shard {k['shard']} {k['after_s']:g} s into the sending "
+                f"({'done' if k['killed'] else 'NOT DONE'}); first client saw it after "
+                f"{k['first_loss_after_kill_ms']} ms",
+                f"acknowledged lost       {k['acknowledged_lost']}  (missing after live delivery and the reconnect "
+                f"syncs: {k['missing_before_final_sync']}; delivered live or by those syncs {k['delivered_live']}; "
+                f"sends repeated after a lost answer {k['resent']})",
+                f"clients moved           {k['clients_moved']} ({k['receivers_moved']} receivers), back and caught up "
+                f"{k['clients_recovered']}",
+                f"loss → back, caught up  {fmt_pct(k['recovery_ms'])}",
+                f"  receivers only        {fmt_pct(k['recovery_ms_receivers'])}",
+            ]
     if "server_rss" in r:
         rss = r["server_rss"]
         lines.append(
@@ -981,6 +1035,14 @@ def succeeded(r: dict[str, Any]) -> bool:
     if r["scenario"] == "sessions":
         hb = r["heartbeat"]
         return bool(r["held"] == r["requested"] and hb["missed"] == 0)
+    if r["scenario"] == "kill-shard":
+        k = r["kill"]
+        return bool(
+            k["killed"]
+            and k["acknowledged_lost"] == 0
+            and k["clients_moved"] == k["clients_recovered"]
+            and r["attempted"] == r["accepted"]
+        )
     return bool(r["attempted"] == r["accepted"] and r["delivered"] == r["expected_deliveries"] and r["attempted"])
 
 
@@ -1092,6 +1154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=100, help="joins in flight per process")
     parser.add_argument("--prep-concurrency", type=int, default=8, help="guest sessions preparing accounts")
     parser.add_argument("--connect-timeout", type=float, default=180.0, help="bound on the connect phase (s)")
+    parser.add_argument("--kill-after", type=float, help="kill-shard: seconds into the sending (default duration/3)")
+    parser.add_argument("--kill-shard", type=int, default=0, help="kill-shard: which shard to SIGKILL (default 0)")
     parser.add_argument("--out", type=Path, help="write samples.csv, summary.json and latency.png here")
     parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     args = parser.parse_args(argv)
@@ -1111,6 +1175,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("cross-shard needs several routers: --urls u1,u2[,u3] or --start distributed --shards 3")
     if args.scenario == "compare" and not args.from_ and args.start == "floor":
         parser.error("compare starts a floor itself; --start names the node for chat (default embedded)")
+    if args.scenario == "kill-shard" and args.start != "distributed":
+        parser.error("kill-shard kills a shard it started: --start distributed [--shards 3]")
+    args.kill_after = args.duration / 3 if args.kill_after is None else args.kill_after
     args.unit_size = args.group_size if args.scenario == "group" else 2
     return args
 
@@ -1143,7 +1210,7 @@ def placement(args: argparse.Namespace, n_accounts: int) -> list[int]:
     n, size = len(args.urls), args.unit_size
     if args.scenario == "sessions":
         return [i % n for i in range(n_accounts)]
-    if args.scenario == "cross-shard":
+    if args.scenario in ("cross-shard", "kill-shard"):
         return [(i // 2 + i % 2) % n for i in range(n_accounts)]  # pair u: sender on u, receiver on u+1
     if args.scenario == "group":
         return [(i // size + i % size) % n for i in range(n_accounts)]
@@ -1257,7 +1324,7 @@ class StartedNode:
             assert node._proc.proc is not None
             self.node, self.urls, self.pids = node, [node.url], [node._proc.proc.pid]
             return
-        shards = args.shards or (3 if args.scenario == "cross-shard" else 1)
+        shards = args.shards or (3 if args.scenario in ("cross-shard", "kill-shard") else 1)
         self.stores = DistributedStores.make(args.node_dir)
         try:
             split_nodes = SplitNodes(
@@ -1271,6 +1338,7 @@ class StartedNode:
             raise
         procs = [s.proc.proc for s in split_nodes.shards] + [split_nodes.components.proc]
         self.node, self.urls, self.pids = split_nodes, [s.url for s in split_nodes.shards], [p.pid for p in procs if p]
+        self.kill = split_nodes.kill_router
 
     def stop(self) -> None:
         try:
@@ -1310,13 +1378,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         started = StartedNode(args)
         args.urls = started.urls
         args.server_pids = args.server_pids or started.pids
+        args.kill = getattr(started, "kill", None)
         if args.start != "floor":
             notes.append("node started by --start hashes passwords below the OWASP minimum (benchmark accounts)")
         if args.start != "floor":
             notes.append("node started by --start has the tests' relaxed rate limits")
     anonymous = args.scenario == "floor" or args.start == "floor"
-    if args.scenario == "cross-shard" and len(args.urls) < 2:
-        raise SystemExit("cross-shard needs at least 2 routers (--shards 2 or more)")
+    if args.scenario in ("cross-shard", "kill-shard") and len(args.urls) < 2:
+        raise SystemExit(f"{args.scenario} needs at least 2 routers (--shards 2 or more)")
     try:
         targets = [Target.from_url(u, args.sources) for u in args.urls]
         if args.server_pids:

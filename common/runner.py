@@ -28,6 +28,8 @@ from autobahn.wamp import serializer as ser
 from twisted.internet import reactor
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 
+from common import gcwatch
+
 log = Logger(namespace="messenger.runner")
 
 SERIALIZERS = {"msgpack": ser.MsgPackSerializer, "cbor": ser.CBORSerializer, "json": ser.JsonSerializer}
@@ -50,6 +52,7 @@ def router_urls(router: dict[str, Any]) -> list[str]:
 
 
 def start(config: dict[str, Any]) -> None:
+    gcwatch.install()
     router = config.get("router") or {}
     realm = router.get("realm", "messenger")
     serializer = SERIALIZERS[router.get("serializer", "msgpack")]()

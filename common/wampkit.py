@@ -23,6 +23,7 @@ from autobahn.wamp.types import CallDetails, RegisterOptions
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from common import gcwatch
 from common.errors import InvalidArgument, MessengerError, Unauthenticated
 from common.metrics import CALLS, ERRORS, LATENCY
 from realms.uris import ERROR_PREFIX, ROLE_BACKEND, ROLE_USER
@@ -132,6 +133,7 @@ class BackendSession(ApplicationSession):
     log = Logger()
 
     def onConnect(self) -> None:
+        gcwatch.install()
         extra = self.config.extra or {}
         auth = extra.get("backend_auth")
         if auth:

@@ -15,6 +15,7 @@ from autobahn.wamp.types import RegisterOptions
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from common import gcwatch
 from common.metrics import SESSIONS_ACTIVE, SESSIONS_JOINED, SESSIONS_LEFT
 from realms import uris
 from router import drain
@@ -29,6 +30,7 @@ class RouterComponent(ApplicationSession):
         return defer.ensureDeferred(self._join())
 
     async def _join(self) -> None:
+        gcwatch.install()
         # session id -> (authid, authrole, device_id)
         self.sessions: dict[int, tuple[str | None, str | None, str | None]] = {}
         self.drainer = drain.Drainer(drain.STATE, self._client_sessions, self.sessions.__contains__, self._drain_kill)

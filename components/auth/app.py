@@ -53,7 +53,13 @@ class AuthComponent(BackendSession):
         from common.adapters.redis import RedisClient, RedisLock, RedisRateLimiter, UserChannels
         from components.auth.adapters.postgres import PostgresAccountStore
 
-        pg = PostgresAccountStore(config.required_env(extra, "postgres_dsn_env", "MESSENGER_PG_DSN"), reactor)
+        pool = extra.get("postgres_pool") or {}  # max_connections (per router session), queue_timeout_s
+        pg = PostgresAccountStore(
+            config.required_env(extra, "postgres_dsn_env", "MESSENGER_PG_DSN"),
+            reactor,
+            max_connections=int(pool.get("max_connections", 6)),
+            queue_timeout_s=float(pool.get("queue_timeout_s", 10.0)),
+        )
         redis = RedisClient.from_url(config.required_env(extra, "redis_url_env", "MESSENGER_REDIS_URL"))
         return pg, RedisRateLimiter(redis), RedisLock(redis), UserChannels(redis), [pg, redis]
 

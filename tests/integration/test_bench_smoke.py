@@ -135,6 +135,29 @@ def test_cross_shard_scenario_on_three_shards(
     assert r["accounts"].get("registered") == 6  # a fresh database of its own
 
 
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.cassandra
+def test_kill_shard_scenario_loses_nothing_acknowledged_and_clients_come_back(
+    tmp_path: Path, pg_dsn: str, redis_url: str, cassandra_location: str
+) -> None:
+    args = ("kill-shard", "--start", "distributed", "--shards", "3", "--pairs", "6", "--rate", "20")
+    r = run_loadgen(
+        *args, "--duration", "4", "--kill-after", "1.5", "--accounts", str(tmp_path / "a.json"), timeout=400
+    )
+    k = r["kill"]
+    assert k["killed"] and k["acknowledged_lost"] == 0, (k, r["errors"])
+    assert k["clients_moved"] == 4 and k["clients_recovered"] == 4  # a third of the 12 were on shard 0
+    assert k["recovery_ms"]["max"] < 5000
+    assert r["accepted"] == r["attempted"] > 0, r["errors"]
+
+
+def test_kill_shard_needs_a_node_it_started(embedded_node: Node) -> None:
+    argv = [sys.executable, "-m", "bench.loadgen", "kill-shard", "--url", embedded_node.url]
+    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "--start distributed" in proc.stderr
+
+
 def test_cross_shard_needs_several_routers(embedded_node: Node) -> None:
     argv = [sys.executable, "-m", "bench.loadgen", "cross-shard", "--url", embedded_node.url]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60)

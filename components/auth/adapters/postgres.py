@@ -26,6 +26,11 @@ violation no caller maps, ...) is a bug here: it is logged with its SQL (never i
 parameters), answers :class:`StoreFault` (``messenger.error.internal``), and does not count
 as the dependency being down.
 
+Overload is not an outage: a call first waits for a turn (one of ``max_connections``), outside
+the breaker and bounded by ``queue_timeout_s``; only the time on a connection counts against the
+breaker's call timeout. A burst (600 joins at once) therefore queues and is served, and one that
+waits too long answers :class:`Unavailable` ("busy") without opening the breaker for everyone.
+
 Migrations run at :meth:`PostgresAccountStore.start`, in one transaction holding an advisory
 lock, so several instances may start at once.
 """
@@ -452,8 +457,9 @@ class PostgresAccountStore:
         *,
         schema: str | None = None,
         min_connections: int = 1,
-        max_connections: int = 4,
+        max_connections: int = 6,
         connect_timeout_s: float = 3.0,
+        queue_timeout_s: float = 10.0,
         breaker: CircuitBreaker | None = None,
     ) -> None:
         if schema is not None and not SCHEMA_RE.match(schema):
@@ -475,6 +481,8 @@ class PostgresAccountStore:
         self._min = min_connections
         self._max = max_connections
         self._connect_timeout_s = connect_timeout_s
+        self._queue_timeout_s = queue_timeout_s
+        self._turns = defer.DeferredSemaphore(max_connections)
         self.breaker = breaker or CircuitBreaker("postgres", reactor, call_timeout_s=max(3.0, connect_timeout_s))
         self._pool: _Pool | None = None
 
@@ -531,13 +539,27 @@ class PostgresAccountStore:
             raise Unavailable("postgres store is not started")
         return self._pool
 
-    async def _read(self, fn: Callable[[_Cursor], Awaitable[T]]) -> T:
+    async def _on_connection(self, fn: Callable[[_Cursor], Awaitable[T]], *, idempotent: bool, transaction: bool) -> T:
+        """``fn`` under the breaker, once a turn is free: waiting for one of ``max_connections``
+        turns happens outside the breaker (overload is not an outage) and is bounded by
+        ``queue_timeout_s``. With the breaker open, turns are short: its calls fail at once."""
         pool = self._running_pool()
-        return await self.breaker.call(lambda: pool.run(fn, transaction=False), idempotent=True)
+        waiting = self._turns.acquire()
+        waiting.addTimeout(self._queue_timeout_s, self._reactor)
+        try:
+            await waiting
+        except defer.TimeoutError as e:
+            raise Unavailable(f"postgres store busy: no connection free within {self._queue_timeout_s:g} s") from e
+        try:
+            return await self.breaker.call(lambda: pool.run(fn, transaction=transaction), idempotent=idempotent)
+        finally:
+            self._turns.release()
+
+    async def _read(self, fn: Callable[[_Cursor], Awaitable[T]]) -> T:
+        return await self._on_connection(fn, idempotent=True, transaction=False)
 
     async def _write(self, fn: Callable[[_Cursor], Awaitable[T]], *, transaction: bool = False) -> T:
-        pool = self._running_pool()
-        return await self.breaker.call(lambda: pool.run(fn, transaction=transaction), idempotent=False)
+        return await self._on_connection(fn, idempotent=False, transaction=transaction)
 
     async def _fetch(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> list[Row]:
         async def fetch(cur: _Cursor) -> list[Row]:
