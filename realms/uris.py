@@ -47,6 +47,11 @@ MESSAGE_MARK_READ = "messenger.message.mark_read"
 PRESENCE_GET = "messenger.presence.get"
 SYNC_GET_UPDATES = "messenger.sync.get_updates"
 
+# -- media (user) --------------------------------------------------------------------------
+MEDIA_CREATE_UPLOAD = "messenger.media.create_upload"
+MEDIA_COMPLETE = "messenger.media.complete"
+MEDIA_GET = "messenger.media.get"
+
 # -- internal (backend only) ---------------------------------------------------------------
 INTERNAL_AUTHENTICATE = "messenger.internal.authenticate"
 INTERNAL_AUTHORIZE = "messenger.internal.authorize"
@@ -54,6 +59,11 @@ INTERNAL_USER_BLOCKED = "messenger.internal.user.is_blocked"
 INTERNAL_USERS_EXISTING = "messenger.internal.user.existing"
 INTERNAL_CHAT_UPDATES = "messenger.internal.chat.updates"
 INTERNAL_CHAT_PARTNERS = "messenger.internal.chat.partners"
+# media -> chat: may this user see what was posted in this chat? ``{member: bool}``
+INTERNAL_CHAT_IS_MEMBER = "messenger.internal.chat.is_member"
+# chat -> media: check that media are complete and the sender's, record where they were posted,
+# answer their summaries ``{media: [...]}`` (stored in the message)
+INTERNAL_MEDIA_ATTACH = "messenger.internal.media.attach"
 # chat -> delivery in the embedded profile (shared registration, invoke "first": one active
 # delivery per router, the others stand by, so every update is published once and in order);
 # the distributed profile notifies through per-user Redis channels instead
@@ -106,6 +116,9 @@ USER_PROCEDURES: frozenset[str] = GUEST_PROCEDURES | frozenset(
         MESSAGE_MARK_READ,
         PRESENCE_GET,
         SYNC_GET_UPDATES,
+        MEDIA_CREATE_UPLOAD,
+        MEDIA_COMPLETE,
+        MEDIA_GET,
     }
 )
 

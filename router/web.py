@@ -1,5 +1,6 @@
 """The router's public HTTP root (``/``): a small index, ``/.well-known/*`` proxied to the auth
-component's HTTP server (JWKS), and later the web client's static files.
+component's HTTP server (JWKS), ``/media/*`` proxied to the media component's HTTP server
+(embedded profile: signed uploads and downloads), and later the web client's static files.
 
 Crossbar's web transport path names cannot contain dots, hence this resource.
 
@@ -54,5 +55,11 @@ def root_resource(extra: dict[str, Any]) -> Resource:
     root.putChild(
         b".well-known",
         ReverseProxyResource(str(auth["host"]), int(auth["port"]), b"/.well-known"),  # type: ignore[arg-type]
+    )
+    # the components' HTTP server (one per process: the container's in the embedded profile)
+    media = extra.get("media_http") or auth
+    root.putChild(
+        b"media",
+        ReverseProxyResource(str(media["host"]), int(media["port"]), b"/media"),  # type: ignore[arg-type]
     )
     return root

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from tests.support.node import Node, SplitNodes
+from tests.support.s3 import MotoServer
 
 SERVICES_HINT = "start the test servers with `scripts/services.sh up` (the README's test command does it)"
 
@@ -104,8 +105,17 @@ def new_keyspace(cassandra_location: str) -> Iterator[Callable[[], str]]:
 
 
 @pytest.fixture(scope="session")
-def distributed_env(new_pg_database, redis_url, cassandra_location, new_keyspace):
-    """``make(pg_dsn=None) -> (env, extra)`` for a distributed node with its own database and keyspace."""
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    """An S3 endpoint on loopback (moto in server mode), for the whole session."""
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def distributed_env(new_pg_database, redis_url, cassandra_location, new_keyspace, s3_server):
+    """``make(pg_dsn=None) -> (env, extra)`` for a distributed node with its own database, keyspace
+    and S3 bucket."""
 
     def make(pg_dsn: str | None = None) -> tuple[dict[str, str], dict[str, str]]:
         env = {
@@ -113,6 +123,7 @@ def distributed_env(new_pg_database, redis_url, cassandra_location, new_keyspace
             "MESSENGER_REDIS_URL": redis_url,
             "MESSENGER_CASSANDRA": cassandra_location,
             "MESSENGER_KEY_SECRET": secrets.token_hex(32),
+            **s3_server.env(s3_server.new_bucket()),
         }
         return env, {"cassandra_keyspace": new_keyspace()}
 

@@ -22,7 +22,7 @@ from common.httpserver import http_root
 from common.lifecycle import start_all, until_up
 from common.wampkit import BackendSession
 from components.chat.service import ChatLimits, ChatService, Notifier
-from components.chat.wamp import ChatWamp, WampDirectory, WampNotifier
+from components.chat.wamp import ChatWamp, WampDirectory, WampMedia, WampNotifier
 
 log = Logger(namespace="messenger.chat")
 
@@ -65,6 +65,7 @@ class ChatComponent(BackendSession):
             limiter,
             self.clock,
             ChatLimits(**{k: int(v) for k, v in limits.items() if k in ChatLimits.__dataclass_fields__}),
+            WampMedia(self),
         )
         edge = ChatWamp(service)
         await self.register_procedures(edge.procedures(), backend_only=edge.backend_only)

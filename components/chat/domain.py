@@ -132,7 +132,9 @@ class Message:
     text: str | None
     sent_at_ms: int
     reply_to: int | None = None
-    media: tuple[str, ...] = ()
+    # attachments as the media component summarized them when the message was sent
+    # (``{media_id, content_type, size, filename, width, height, has_thumbnail}``; no URLs, they expire)
+    media: tuple[Any, ...] = field(default=(), hash=False)
     edited_at_ms: int | None = None
     deleted: bool = False
     reactions: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)

@@ -45,7 +45,7 @@ class MessageDraft:
     text: str | None
     sent_at_ms: int
     reply_to: int | None = None
-    media: tuple[str, ...] = ()
+    media: tuple[Any, ...] = field(default=(), hash=False)  # summaries from the media component
 
     def accepted(self, seq: int) -> Message:
         """The message this draft becomes when the store gives it ``seq`` (version 1)."""

@@ -36,6 +36,16 @@ class Notifier(Protocol):
     def ephemeral(self, user_ids: list[str], envelope: dict[str, Any]) -> None: ...
 
 
+class MediaCatalog(Protocol):
+    """What the chat component asks the media component."""
+
+    async def attach(self, owner_id: str, chat_id: str, media_ids: list[str]) -> list[dict[str, Any]]:
+        """Summaries of the given media, in order, after checking that each is complete and
+        ``owner_id``'s (else ``invalid_argument`` / ``forbidden``); records that they were posted
+        in ``chat_id``."""
+        ...
+
+
 @dataclass(frozen=True)
 class ChatLimits:
     send_per_window: int = 40  # 20/s with a burst of 40: 40 per 2 s windows
@@ -52,8 +62,10 @@ class ChatService:
         limiter: RateLimiter,
         clock: Clock,
         limits: ChatLimits | None = None,
+        media: MediaCatalog | None = None,
     ) -> None:
         self.store = store
+        self.media = media
         self.directory = directory
         self.notifier = notifier
         self.limiter = limiter
@@ -199,6 +211,10 @@ class ChatService:
             self.notifier.ephemeral(others, envelope)
         return {}
 
+    async def is_member(self, chat_id: str, user_id: str) -> bool:
+        chat = await self.store.get_chat(chat_id)
+        return chat is not None and user_id in chat.member_ids
+
     async def partners(self, user_id: str) -> list[str]:
         """Users sharing at least one chat with ``user_id`` (presence goes to them)."""
         out: dict[str, None] = {}
@@ -214,9 +230,9 @@ class ChatService:
     ) -> dict[str, Any]:
         cid = d.validate_id(chat_id, "chat_id")
         client_id = d.validate_client_msg_id(client_msg_id)
-        body, media = d.validate_content(text, media_ids)
-        if media:
-            raise InvalidArgument("media attachments are not available yet (the media component is not installed)")
+        body, media_ids_ = d.validate_content(text, media_ids)
+        if media_ids_ and self.media is None:
+            raise InvalidArgument("media attachments are not available (no media component)")
         await self._limit(f"send:{user_id}", self.limits.send_per_window, self.limits.send_window_ms, "messages")
         chat = d.require_member(await self.store.get_chat(cid), user_id)
         reply = d.validate_reply_to(reply_to, chat.last_seq)
@@ -224,6 +240,9 @@ class ChatService:
             other = next(u for u in chat.member_ids if u != user_id)
             if await self.directory.is_blocked(other, user_id):
                 raise Forbidden("this user does not accept messages from you")
+        # checked and recorded as posted here before the message is stored: a message never
+        # carries media its members cannot fetch (a failed append leaves only that record)
+        media = tuple(await self.media.attach(user_id, cid, list(media_ids_))) if media_ids_ and self.media else ()
         draft = MessageDraft(
             message_id=d.new_id(),
             chat_id=cid,

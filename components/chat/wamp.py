@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from autobahn.wamp.exception import ApplicationError
 from twisted.logger import Logger
 
-from common.errors import InvalidArgument
+from common.errors import InvalidArgument, Unavailable
 from common.wampkit import Caller, Handler
 from components.chat import domain as d
 from components.chat.domain import Update
@@ -31,6 +32,23 @@ class WampDirectory:
     async def is_blocked(self, blocker_id: str, blocked_id: str) -> bool:
         result = await self._session.call(uris.INTERNAL_USER_BLOCKED, blocker_id=blocker_id, blocked_id=blocked_id)
         return bool(result["blocked"])
+
+
+class WampMedia:
+    def __init__(self, session: Any) -> None:
+        self._session = session
+
+    async def attach(self, owner_id: str, chat_id: str, media_ids: list[str]) -> list[dict[str, Any]]:
+        try:
+            result = await self._session.call(
+                uris.INTERNAL_MEDIA_ATTACH, owner_id=owner_id, chat_id=chat_id, media_ids=media_ids
+            )
+        except ApplicationError as e:
+            if e.error == ApplicationError.NO_SUCH_PROCEDURE:
+                raise Unavailable("the media component is not running; retry later") from None
+            raise  # messenger.error.* from media: the caller sees it as is
+        media: list[dict[str, Any]] = result["media"]
+        return media
 
 
 class WampNotifier:
@@ -78,9 +96,10 @@ class ChatWamp:
             uris.SYNC_GET_UPDATES: self.get_updates,
             uris.INTERNAL_CHAT_UPDATES: self.internal_updates,
             uris.INTERNAL_CHAT_PARTNERS: self.internal_partners,
+            uris.INTERNAL_CHAT_IS_MEMBER: self.internal_is_member,
         }
 
-    backend_only = frozenset({uris.INTERNAL_CHAT_UPDATES, uris.INTERNAL_CHAT_PARTNERS})
+    backend_only = frozenset({uris.INTERNAL_CHAT_UPDATES, uris.INTERNAL_CHAT_PARTNERS, uris.INTERNAL_CHAT_IS_MEMBER})
 
     async def create_direct(self, caller: Caller, user_id: Any) -> Any:
         return await self.s.create_direct(caller.user_id, user_id)
@@ -152,3 +171,7 @@ class ChatWamp:
 
     async def internal_partners(self, caller: Caller, user_id: Any) -> Any:
         return {"user_ids": await self.s.partners(d.validate_id(user_id, "user_id"))}
+
+    async def internal_is_member(self, caller: Caller, chat_id: Any, user_id: Any) -> Any:
+        cid, uid = d.validate_id(chat_id, "chat_id"), d.validate_id(user_id, "user_id")
+        return {"member": await self.s.is_member(cid, uid)}

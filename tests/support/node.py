@@ -18,7 +18,16 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 CROSSBAR = Path(sys.executable).with_name("crossbar")
 SHIPPED_CONFIG = ROOT / ".crossbar" / "config.json"
-READY_MARKERS = ("auth", "chat", "delivery")
+READY_MARKERS = ("auth", "chat", "delivery", "media")
+
+
+def ready_markers(profile: str, env: dict[str, str]) -> tuple[str, ...]:
+    """The components that must say "ready": media only where it has a store (embedded, or an S3
+    bucket in the environment; without one it stays disabled, e.g. in benchmark runs)."""
+    if profile == "embedded" or env.get("MESSENGER_S3_BUCKET"):
+        return READY_MARKERS
+    return tuple(m for m in READY_MARKERS if m != "media")
+
 
 # rate limits relaxed so that the suite's many logins from 127.0.0.1 pass; tests of the
 # limits start their own node with tight ones
@@ -98,6 +107,7 @@ class Node:
                     extra["data_dir"] = str(self.data_dir)
                     extra["http"] = {"port": self.auth_http_port, "interface": "127.0.0.1"}
                     extra["limits"] = copy.deepcopy(RELAXED_LIMITS)
+                    extra["public_url"] = f"http://127.0.0.1:{self.ws_port}"  # media URLs (embedded)
                     extra.update(copy.deepcopy(self.extra))
         return cfg
 
@@ -128,7 +138,7 @@ class Node:
         failure: str | None = None
         if self._proc.exited():
             failure = f"crossbar exited; log:\n{self.log_tail()}"
-        elif all(f"{c} component ready" in self.log_text() for c in READY_MARKERS):
+        elif all(f"{c} component ready" in self.log_text() for c in ready_markers(self.profile, self.env)):
             wait_port(self.ws_port, max(1.0, deadline - time.monotonic()))
             return True
         elif time.monotonic() > deadline:
@@ -222,7 +232,8 @@ class SplitNodes:
         self.components.start_runner(self._components_config(), self.env)
         deadline = time.monotonic() + timeout
         needed = len(self.shards)
-        while not all(self.components.log_text().count(f"{c} component ready") >= needed for c in READY_MARKERS):
+        markers = ready_markers("distributed", self.env)
+        while not all(self.components.log_text().count(f"{c} component ready") >= needed for c in markers):
             if time.monotonic() > deadline or self.components.exited():
                 self.stop()
                 raise RuntimeError(f"components not ready; log:\n{self.components.log_text()[-4000:]}")

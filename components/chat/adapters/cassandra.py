@@ -435,6 +435,15 @@ def _reactions_json(reactions: Mapping[str, Sequence[str]]) -> str:
     return _dumps({emoji: list(users) for emoji, users in reactions.items()})
 
 
+def _media_text(item: Any) -> str:
+    """One attachment in the ``media list<text>`` column: a summary as JSON (a bare id as is)."""
+    return item if isinstance(item, str) else _dumps(item)
+
+
+def _media_of(text: str) -> Any:
+    return json.loads(text) if text.startswith("{") else text
+
+
 def _message_of(row: Row) -> Message:
     reactions = json.loads(row["reactions"]) if row["reactions"] else {}
     return Message(
@@ -446,7 +455,7 @@ def _message_of(row: Row) -> Message:
         text=row["body"],
         sent_at_ms=row["sent_at_ms"],
         reply_to=row["reply_to"],
-        media=tuple(row["media"] or ()),
+        media=tuple(_media_of(m) for m in row["media"] or ()),
         edited_at_ms=row["edited_at_ms"],
         deleted=bool(row["deleted"]),
         reactions={emoji: tuple(users) for emoji, users in reactions.items()},
@@ -1335,7 +1344,7 @@ class CassandraChatStore:
             message.client_msg_id,
             message.text,
             message.reply_to,
-            list(message.media),
+            [_media_text(m) for m in message.media],
             message.sent_at_ms,
             message.edited_at_ms,
             message.deleted,
@@ -1453,7 +1462,7 @@ class CassandraChatStore:
         def params(row: Row, recent: str) -> Sequence[Any]:
             return (
                 message.text,
-                list(message.media),
+                [_media_text(m) for m in message.media],
                 _reactions_json(message.reactions),
                 message.edited_at_ms,
                 message.deleted,

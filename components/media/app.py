@@ -1,0 +1,132 @@
+"""Wiring of the media component: configuration → adapters → service → WAMP.
+
+- ``embedded`` (default): files under ``<data folder>/media``, records in ``media.sqlite3``;
+  uploads and downloads over HTTP through this process's HTTP server (``extra.http``, path
+  ``/media/``), which the router proxies under ``/media/`` of the client port; URLs start with
+  ``extra.public_url`` (default ``http://127.0.0.1:8080``) and are signed with a random secret
+  kept in ``<data folder>/media_secret``.
+- ``distributed``: an S3-compatible store through boto3 (``MESSENGER_S3_ENDPOINT`` (empty: AWS),
+  ``MESSENGER_S3_REGION``, ``MESSENGER_S3_BUCKET``, ``MESSENGER_S3_ACCESS_KEY``,
+  ``MESSENGER_S3_SECRET_KEY``; ``extra.s3`` may rename the variables or set ``prefix`` and
+  ``addressing_style``), records in Cassandra (``MESSENGER_CASSANDRA``, keyspace
+  ``extra.cassandra_keyspace``).
+
+``extra.limits``: ``size_max`` (bytes, default 50 MiB), ``max_pixels``, ``upload_ttl_s``,
+``download_ttl_s``, ``thumbnails_at_once``. Thumbnails are made in a thread pool of that size.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from common import config
+from common.clock import Clock, SystemClock
+from common.httpserver import http_root, mount
+from common.lifecycle import start_all, until_up
+from common.wampkit import BackendSession
+from components.media.imaging import Thumbnail, make_thumbnail
+from components.media.service import MediaLimits, MediaService
+from components.media.wamp import MediaWamp, WampChats
+
+log = Logger(namespace="messenger.media")
+
+
+class MediaComponent(BackendSession):
+    clock: Clock = SystemClock()
+
+    def onJoin(self, details: Any) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._start())
+
+    def _build(self, extra: dict[str, Any]) -> tuple[Any, Any]:
+        from twisted.internet import reactor
+
+        http = extra.get("http") or {}
+        if config.profile(extra) == config.EMBEDDED:
+            from components.media.adapters.files import FileBlobStore, MediaHttpResource
+            from components.media.adapters.sqlite import SqliteMediaStore
+
+            folder = config.data_dir(extra)
+            blobs = FileBlobStore(
+                folder / "media",
+                config.local_secret(folder, "media_secret"),
+                str(extra.get("public_url") or "http://127.0.0.1:8080"),
+            )
+            root = http_root(int(http.get("port", 0)), http.get("interface", "127.0.0.1"))
+            mount(root, b"media", MediaHttpResource(blobs))
+            return SqliteMediaStore(folder / "media.sqlite3"), blobs
+        from components.media.adapters.cassandra import CassandraMediaStore
+        from components.media.adapters.s3 import S3BlobStore
+
+        s3 = extra.get("s3") or {}
+
+        def env(key: str, default_env: str) -> str | None:
+            return config.secret_from_env(s3, key, default_env)
+
+        s3_store = S3BlobStore(
+            config.required_env(s3, "bucket_env", "MESSENGER_S3_BUCKET"),
+            endpoint_url=env("endpoint_env", "MESSENGER_S3_ENDPOINT"),
+            region=env("region_env", "MESSENGER_S3_REGION") or "us-east-1",
+            access_key=env("access_key_env", "MESSENGER_S3_ACCESS_KEY"),
+            secret_key=env("secret_key_env", "MESSENGER_S3_SECRET_KEY"),
+            prefix=str(s3.get("prefix", "")),
+            addressing_style=str(s3.get("addressing_style", "path")),
+            reactor=reactor,
+        )
+        hosts, port = _cassandra_location(config.required_env(extra, "cassandra_env", "MESSENGER_CASSANDRA"))
+        store = CassandraMediaStore(hosts, port, str(extra.get("cassandra_keyspace", "messenger")), reactor)
+        return store, s3_store
+
+    async def _start(self) -> None:
+        from twisted.internet import reactor
+
+        extra: dict[str, Any] = dict(self.config.extra or {})
+        if config.profile(extra) == config.DISTRIBUTED and not config.secret_from_env(
+            extra.get("s3") or {}, "bucket_env", "MESSENGER_S3_BUCKET"
+        ):
+            # the other components of this process keep working; media calls answer no_such_procedure
+            # (message.send with media_ids: unavailable)
+            log.error("media component disabled: no S3 bucket configured (MESSENGER_S3_BUCKET, see the README)")
+            return
+        store, blobs = self._build(extra)
+        self._closeables = [store, blobs]
+        await until_up("media storage", lambda: start_all(self._closeables))
+        limits_cfg = extra.get("limits") or {}
+        limits = MediaLimits(**{k: int(v) for k, v in limits_cfg.items() if k in MediaLimits.__dataclass_fields__})
+        pool = ThreadPool(minthreads=0, maxthreads=max(1, limits.thumbnails_at_once), name="media-thumbnails")
+        pool.start()
+        self._pool = pool
+
+        async def thumbnailer(data: bytes, max_pixels: int) -> Thumbnail:
+            thumb: Thumbnail = await deferToThreadPool(reactor, pool, make_thumbnail, data, max_pixels=max_pixels)
+            return thumb
+
+        service = MediaService(store, blobs, WampChats(self), thumbnailer, self.clock, limits)
+        edge = MediaWamp(service)
+        await self.register_procedures(edge.procedures(), backend_only=edge.backend_only)
+        http = extra.get("http") or {}
+        http_root(int(http.get("port", 0)), http.get("interface", "127.0.0.1"))
+        log.info("media component ready ({profile})", profile=config.profile(extra))
+
+    def onLeave(self, details: Any) -> None:
+        for thing in getattr(self, "_closeables", []):
+            defer.ensureDeferred(thing.stop())
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.stop()
+        super().onLeave(details)
+
+
+def _cassandra_location(value: str) -> tuple[list[str], int]:
+    hosts, port = [], 9042
+    for part in value.split(","):
+        host, _, p = part.strip().partition(":")
+        hosts.append(host)
+        if p:
+            port = int(p)
+    return hosts, int(os.environ.get("MESSENGER_CASSANDRA_PORT", port))
