@@ -79,6 +79,15 @@ class AuthComponent(BackendSession):
         policy = TokenPolicy(**{k: v for k, v in tokens.items() if k in TokenPolicy.__dataclass_fields__})
         ring = KeyRing(store, lock, self.clock, secret, policy)
         await until_up("signing keys", ring.ensure_current_key)
+        # another instance held the rotation lock (several shards' sessions start together): wait
+        # for its key, or this session refuses every token signed with it until a reload
+        for _ in range(300):
+            if ring.current_kid is not None:
+                break
+            await task.deferLater(reactor, 0.1, lambda: None)
+            await until_up("signing keys", ring.reload)
+        else:
+            await until_up("signing keys", ring.ensure_current_key)
         await ring.reload()
         ring.check_secret()
 
