@@ -46,6 +46,12 @@ MESSAGE_MARK_DELIVERED = "messenger.message.mark_delivered"
 MESSAGE_MARK_READ = "messenger.message.mark_read"
 PRESENCE_GET = "messenger.presence.get"
 SYNC_GET_UPDATES = "messenger.sync.get_updates"
+CHAT_MUTE = "messenger.chat.mute"
+
+# -- push notifications (user) --------------------------------------------------------------
+PUSH_REGISTER = "messenger.push.register"
+PUSH_UNREGISTER = "messenger.push.unregister"
+PUSH_CONFIG = "messenger.push.config"
 
 # -- internal (backend only) ---------------------------------------------------------------
 INTERNAL_AUTHENTICATE = "messenger.internal.authenticate"
@@ -54,6 +60,11 @@ INTERNAL_USER_BLOCKED = "messenger.internal.user.is_blocked"
 INTERNAL_USERS_EXISTING = "messenger.internal.user.existing"
 INTERNAL_CHAT_UPDATES = "messenger.internal.chat.updates"
 INTERNAL_CHAT_PARTNERS = "messenger.internal.chat.partners"
+INTERNAL_USERS_PROFILES = "messenger.internal.user.profiles"  # auth: {users: [profile]} for ids
+# chat -> push after a message is stored (shared registration, roundrobin; fire and forget)
+INTERNAL_PUSH_NOTIFY = "messenger.internal.push.notify"
+# delivery (each shard's leader): which of these users have a joined session on any shard
+INTERNAL_PRESENCE_ONLINE = "messenger.internal.presence.online"
 # chat -> delivery in the embedded profile (shared registration, invoke "first": one active
 # delivery per router, the others stand by, so every update is published once and in order);
 # the distributed profile notifies through per-user Redis channels instead
@@ -106,6 +117,10 @@ USER_PROCEDURES: frozenset[str] = GUEST_PROCEDURES | frozenset(
         MESSAGE_MARK_READ,
         PRESENCE_GET,
         SYNC_GET_UPDATES,
+        CHAT_MUTE,
+        PUSH_REGISTER,
+        PUSH_UNREGISTER,
+        PUSH_CONFIG,
     }
 )
 

@@ -18,7 +18,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 CROSSBAR = Path(sys.executable).with_name("crossbar")
 SHIPPED_CONFIG = ROOT / ".crossbar" / "config.json"
-READY_MARKERS = ("auth", "chat", "delivery")
+READY_MARKERS = ("auth", "chat", "delivery", "push")
 
 # rate limits relaxed so that the suite's many logins from 127.0.0.1 pass; tests of the
 # limits start their own node with tight ones
