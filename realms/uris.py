@@ -46,6 +46,12 @@ MESSAGE_MARK_DELIVERED = "messenger.message.mark_delivered"
 MESSAGE_MARK_READ = "messenger.message.mark_read"
 PRESENCE_GET = "messenger.presence.get"
 SYNC_GET_UPDATES = "messenger.sync.get_updates"
+CHAT_MUTE = "messenger.chat.mute"
+
+# -- push notifications (user) --------------------------------------------------------------
+PUSH_REGISTER = "messenger.push.register"
+PUSH_UNREGISTER = "messenger.push.unregister"
+PUSH_CONFIG = "messenger.push.config"
 
 # -- media (user) --------------------------------------------------------------------------
 MEDIA_CREATE_UPLOAD = "messenger.media.create_upload"
@@ -64,6 +70,11 @@ INTERNAL_CHAT_IS_MEMBER = "messenger.internal.chat.is_member"
 # chat -> media: check that media are complete and the sender's, record where they were posted,
 # answer their summaries ``{media: [...]}`` (stored in the message)
 INTERNAL_MEDIA_ATTACH = "messenger.internal.media.attach"
+INTERNAL_USERS_PROFILES = "messenger.internal.user.profiles"  # auth: {users: [profile]} for ids
+# chat -> push after a message is stored (shared registration, roundrobin; fire and forget)
+INTERNAL_PUSH_NOTIFY = "messenger.internal.push.notify"
+# delivery (each shard's leader): which of these users have a joined session on any shard
+INTERNAL_PRESENCE_ONLINE = "messenger.internal.presence.online"
 # chat -> delivery in the embedded profile (shared registration, invoke "first": one active
 # delivery per router, the others stand by, so every update is published once and in order);
 # the distributed profile notifies through per-user Redis channels instead
@@ -119,6 +130,10 @@ USER_PROCEDURES: frozenset[str] = GUEST_PROCEDURES | frozenset(
         MEDIA_CREATE_UPLOAD,
         MEDIA_COMPLETE,
         MEDIA_GET,
+        CHAT_MUTE,
+        PUSH_REGISTER,
+        PUSH_UNREGISTER,
+        PUSH_CONFIG,
     }
 )
 

@@ -87,9 +87,10 @@ class AuthWamp:
             uris.CONTACTS_LIST: self.contacts_list,
             uris.INTERNAL_USER_BLOCKED: self.is_blocked,
             uris.INTERNAL_USERS_EXISTING: self.existing,
+            uris.INTERNAL_USERS_PROFILES: self.profiles,
         }
 
-    backend_only = frozenset({uris.INTERNAL_USER_BLOCKED, uris.INTERNAL_USERS_EXISTING})
+    backend_only = frozenset({uris.INTERNAL_USER_BLOCKED, uris.INTERNAL_USERS_EXISTING, uris.INTERNAL_USERS_PROFILES})
 
     async def _session_info(self, caller: Caller) -> dict[str, Any] | None:
         if caller.session_id is None:
@@ -164,6 +165,9 @@ class AuthWamp:
 
     async def existing(self, caller: Caller, user_ids: Any) -> Any:
         return await self.service.existing(user_ids)
+
+    async def profiles(self, caller: Caller, user_ids: Any) -> Any:
+        return await self.service.get_users(user_ids)
 
     # -- the router's dynamic ticket authenticator ---------------------------------------------
     def authenticator(self, realm: Any, authid: Any, details: Any) -> defer.Deferred[Any]:

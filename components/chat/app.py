@@ -22,7 +22,7 @@ from common.httpserver import http_root
 from common.lifecycle import start_all, until_up
 from common.wampkit import BackendSession
 from components.chat.service import ChatLimits, ChatService, Notifier
-from components.chat.wamp import ChatWamp, WampDirectory, WampMedia, WampNotifier
+from components.chat.wamp import ChatWamp, WampDirectory, WampMedia, WampNotifier, WampPusher
 
 log = Logger(namespace="messenger.chat")
 
@@ -54,6 +54,8 @@ class ChatComponent(BackendSession):
         return store, limiter, RedisNotifier(redis), [store, redis]
 
     async def _start(self) -> None:
+        from twisted.internet import reactor
+
         extra: dict[str, Any] = dict(self.config.extra or {})
         store, limiter, notifier, self._closeables = await self._build(extra)
         await until_up("chat storage", lambda: start_all(self._closeables))
@@ -65,7 +67,8 @@ class ChatComponent(BackendSession):
             limiter,
             self.clock,
             ChatLimits(**{k: int(v) for k, v in limits.items() if k in ChatLimits.__dataclass_fields__}),
-            WampMedia(self),
+            media=WampMedia(self),
+            pusher=WampPusher(self, reactor),
         )
         edge = ChatWamp(service)
         await self.register_procedures(edge.procedures(), backend_only=edge.backend_only)

@@ -336,6 +336,40 @@ def validate_since(value: Any) -> int:
     return n
 
 
+MUTE_UNTIL_MAX = 253_402_300_799_999  # 9999-12-31: "muted for ever" is a far date
+PUSH_PREVIEW_MAX = 200
+
+
+def validate_mute_until(value: Any, now_ms: int) -> int | None:
+    """A mute's end (ms since the epoch), or None to unmute; an end in the past unmutes."""
+    if value is None:
+        return None
+    n = _int("until", value)
+    if n < 0 or n > MUTE_UNTIL_MAX:
+        raise InvalidArgument("until must be a time in ms since the epoch, or null to unmute")
+    return n if n > now_ms else None
+
+
+def push_notice(chat: Chat, message: Message, mutes: dict[str, int], now_ms: int) -> dict[str, Any] | None:
+    """What ``messenger.internal.push.notify`` gets for a new message: every member but the
+    sender whose mute has not run out; None when nobody is left."""
+    recipients = [u for u in chat.member_ids if u != message.sender_id and mutes.get(u, 0) <= now_ms]
+    if not recipients:
+        return None
+    text = message.text
+    return {
+        "chat_id": chat.chat_id,
+        "chat_kind": chat.type,
+        "chat_title": chat.title if chat.type == GROUP else None,
+        "sender_id": message.sender_id,
+        "message_id": message.message_id,
+        "seq": message.seq,
+        "text_preview": text[:PUSH_PREVIEW_MAX] if text else None,
+        "has_media": bool(message.media),
+        "recipients": recipients,
+    }
+
+
 # -- paging --------------------------------------------------------------------------------------
 def history_range(before_seq: Any, last_seq: int, limit: int) -> tuple[int, int]:
     """Seqs ``lo..hi`` (inclusive) of a history page, newest first, ``seq < before_seq``.

@@ -148,3 +148,14 @@ class ChatStore(Protocol):
     async def last_update_id(self, user_id: str) -> int:
         """0 for a user with no updates."""
         ...
+
+    # -- per-member settings -------------------------------------------------------------------
+    async def set_mute(self, chat_id: str, user_id: str, until_ms: int | None) -> None:
+        """Mute the chat's push notifications for the user until ``until_ms`` (ms since the
+        epoch), or unmute (None). Idempotent. The caller checks that the user is a member."""
+        ...
+
+    async def mutes(self, chat_id: str) -> dict[str, int]:
+        """``{user_id: until_ms}`` of the chat's users with a mute set (expired ones may be
+        included: the caller compares with now)."""
+        ...

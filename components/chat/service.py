@@ -46,6 +46,15 @@ class MediaCatalog(Protocol):
         ...
 
 
+class Pusher(Protocol):
+    """Hands new messages to the push component, in the background: the send never waits for it,
+    and a push component that is missing, slow or failing never fails or slows a send."""
+
+    def message_new(self, notice: Awaitable[dict[str, Any] | None]) -> None:
+        """Await ``notice`` off the caller's path; if it answers a notice, pass it on."""
+        ...
+
+
 @dataclass(frozen=True)
 class ChatLimits:
     send_per_window: int = 40  # 20/s with a burst of 40: 40 per 2 s windows
@@ -63,6 +72,7 @@ class ChatService:
         clock: Clock,
         limits: ChatLimits | None = None,
         media: MediaCatalog | None = None,
+        pusher: Pusher | None = None,
     ) -> None:
         self.store = store
         self.media = media
@@ -71,6 +81,7 @@ class ChatService:
         self.limiter = limiter
         self.clock = clock
         self.limits = limits or ChatLimits()
+        self.pusher = pusher
 
     # -- helpers -----------------------------------------------------------------------------
     async def _member_chat(self, user_id: str, chat_id: Any) -> Chat:
@@ -256,7 +267,21 @@ class ChatService:
         appended = await self.store.append_message(draft)
         self._publish(appended.updates)
         m = appended.message
+        if self.pusher is not None and not appended.duplicate:
+            self.pusher.message_new(self._push_notice(chat, m))
         return {"message_id": m.message_id, "chat_id": m.chat_id, "seq": m.seq, "sent_at": m.sent_at_ms}
+
+    async def _push_notice(self, chat: Chat, message: Message) -> dict[str, Any] | None:
+        if len(chat.members) < 2:
+            return None
+        mutes = await self.store.mutes(chat.chat_id)
+        return d.push_notice(chat, message, mutes, self.clock.now_ms())
+
+    async def mute(self, user_id: str, chat_id: Any, until: Any) -> dict[str, Any]:
+        chat = await self._member_chat(user_id, chat_id)
+        end = d.validate_mute_until(until, self.clock.now_ms())
+        await self.store.set_mute(chat.chat_id, user_id, end)
+        return {"chat_id": chat.chat_id, "muted_until": end}
 
     async def history(self, user_id: str, chat_id: Any, before_seq: Any, limit: Any) -> dict[str, Any]:
         n = d.validate_limit(limit, d.HISTORY_DEFAULT)

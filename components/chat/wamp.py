@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 from autobahn.wamp.exception import ApplicationError
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from common.errors import InvalidArgument, Unavailable
 from common.wampkit import Caller, Handler
@@ -71,6 +74,35 @@ class WampNotifier:
         self._fire(uris.INTERNAL_DELIVER_EPHEMERAL, user_ids=user_ids, envelope=envelope)
 
 
+class WampPusher:
+    """Passes new messages to ``messenger.internal.push.notify`` (shared registration,
+    roundrobin), in the background and without waiting for the answer beyond logging it: the
+    send has been answered already. A missing, slow or failing push component costs nothing
+    but a log line (the first failure, then every 1000th)."""
+
+    def __init__(self, session: Any, reactor: Any, timeout_s: float = 5.0) -> None:
+        self._session = session
+        self._reactor = reactor
+        self._timeout_s = timeout_s
+        self.failures = 0
+
+    def message_new(self, notice: Awaitable[dict[str, Any] | None]) -> None:
+        defer.ensureDeferred(self._hand_over(notice)).addErrback(self._failed)
+
+    async def _hand_over(self, notice: Awaitable[dict[str, Any] | None]) -> None:
+        payload = await notice
+        if payload is None:
+            return
+        d = self._session.call(uris.INTERNAL_PUSH_NOTIFY, **payload)
+        d.addTimeout(self._timeout_s, self._reactor)
+        await d
+
+    def _failed(self, failure: Failure) -> None:
+        self.failures += 1
+        if self.failures == 1 or self.failures % 1000 == 0:
+            log.warn("hand-over to push failed ({n} so far): {e}", n=self.failures, e=failure.getErrorMessage())
+
+
 class ChatWamp:
     def __init__(self, service: ChatService) -> None:
         self.s = service
@@ -94,6 +126,7 @@ class ChatWamp:
             uris.MESSAGE_MARK_DELIVERED: self.mark_delivered,
             uris.MESSAGE_MARK_READ: self.mark_read,
             uris.SYNC_GET_UPDATES: self.get_updates,
+            uris.CHAT_MUTE: self.mute,
             uris.INTERNAL_CHAT_UPDATES: self.internal_updates,
             uris.INTERNAL_CHAT_PARTNERS: self.internal_partners,
             uris.INTERNAL_CHAT_IS_MEMBER: self.internal_is_member,
@@ -127,6 +160,9 @@ class ChatWamp:
 
     async def typing(self, caller: Caller, chat_id: Any) -> Any:
         return await self.s.typing(caller.user_id, chat_id)
+
+    async def mute(self, caller: Caller, chat_id: Any, until: Any) -> Any:
+        return await self.s.mute(caller.user_id, chat_id, until)
 
     async def send(
         self,

@@ -146,6 +146,10 @@ class DeliveryComponent(BackendSession):
         await self.subscribe(self.on_session_join, "wamp.session.on_join")
         await self.subscribe(self.on_session_leave, "wamp.session.on_leave")
         await self.register_procedures({uris.PRESENCE_GET: self.presence_get})
+        await self.register_procedures(
+            {uris.INTERNAL_PRESENCE_ONLINE: self.presence_online},
+            backend_only=frozenset({uris.INTERNAL_PRESENCE_ONLINE}),
+        )
         await self._seed_presence()
         self._every(STREAM_PRUNE_EVERY_S, self._prune)
         self._every(self._heartbeat_s, self._beat)
@@ -376,3 +380,17 @@ class DeliveryComponent(BackendSession):
             seen = [t for t in (stored.get(u), local[u]["last_seen"]) if t is not None]
             presence[u] = {"online": u in online, "last_seen": max(seen) if seen else None}
         return {"presence": presence}
+
+    async def presence_online(self, caller: Caller, user_ids: Any) -> Any:
+        """Backend only (push): which of ``user_ids`` have a joined session on any shard."""
+        if not isinstance(user_ids, list) or len(user_ids) > PRESENCE_MAX_IDS:
+            raise InvalidArgument(f"user_ids must be a list of at most {PRESENCE_MAX_IDS} user ids")
+        if not all(isinstance(u, str) and len(u) <= 64 for u in user_ids):
+            raise InvalidArgument("user_ids[] must be user ids")
+        try:
+            online = await self.directory.online(user_ids)
+        except Exception as e:  # best effort: what this shard knows
+            log.warn("could not read presence: {e}", e=e)
+            online = set()
+        online |= {u for u in user_ids if self.presence.get(u)["online"]}
+        return {"online": sorted(online)}

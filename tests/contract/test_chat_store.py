@@ -975,3 +975,34 @@ async def test_concurrent_operations_leave_no_gaps(
         assert sorted(history, key=lambda m: m.seq) == sorted(
             (m for m in fresh if m.chat_id == chat_id), key=lambda m: m.seq
         )
+
+
+# -- per-member settings: push mutes -------------------------------------------------------------
+@pytest_twisted.ensureDeferred
+async def test_mutes_are_set_per_member_replaced_and_cleared(chat_store: Store) -> None:
+    a, b, c = users(3)
+    chat = await new_chat(chat_store, [a, b, c])
+    other = await new_chat(chat_store, [a, b])
+    assert await chat_store.mutes(chat.chat_id) == {}
+    await chat_store.set_mute(chat.chat_id, b, NOW + 1000)
+    await chat_store.set_mute(chat.chat_id, c, NOW + 2000)
+    await chat_store.set_mute(chat.chat_id, b, NOW + 5000)  # replaces
+    await chat_store.set_mute(chat.chat_id, b, NOW + 5000)  # idempotent
+    assert await chat_store.mutes(chat.chat_id) == {b: NOW + 5000, c: NOW + 2000}
+    assert await chat_store.mutes(other.chat_id) == {}  # per chat
+    await chat_store.set_mute(chat.chat_id, c, None)
+    await chat_store.set_mute(chat.chat_id, a, None)  # unmuting a member without a mute is fine
+    assert await chat_store.mutes(chat.chat_id) == {b: NOW + 5000}
+    # a mute does not touch the chat, the member's receipts or anyone's updates
+    await send(chat_store, chat.chat_id, a)
+    assert (await chat_store.get_receipts(chat.chat_id, b)) == Receipts(0, 0)
+    assert [u.type for u in await stream(chat_store, b)] == [MESSAGE_NEW]
+
+
+@pytest_twisted.ensureDeferred
+async def test_mutes_are_shared_by_stores_on_one_location(chat_backend: ChatBackend) -> None:
+    first, second = await chat_backend.open(), await chat_backend.open()
+    a, b = users(2)
+    chat = await new_chat(first, [a, b])
+    await first.set_mute(chat.chat_id, b, NOW + 1)
+    assert await second.mutes(chat.chat_id) == {b: NOW + 1}

@@ -18,7 +18,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 CROSSBAR = Path(sys.executable).with_name("crossbar")
 SHIPPED_CONFIG = ROOT / ".crossbar" / "config.json"
-READY_MARKERS = ("auth", "chat", "delivery", "media")
+READY_MARKERS = ("auth", "chat", "delivery", "media", "push")
 
 
 def ready_markers(profile: str, env: dict[str, str]) -> tuple[str, ...]:

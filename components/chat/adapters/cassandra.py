@@ -184,6 +184,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             shard int, op_id text, kind text, created_at_ms bigint, body text,
             PRIMARY KEY (shard, op_id)) WITH gc_grace_seconds = 3600""",
     ),
+    (  # 2: per-member mute of a chat's push notifications
+        """CREATE TABLE IF NOT EXISTS {ks}.chat_mutes (
+            chat_id text, user_id text, until_ms bigint, PRIMARY KEY (chat_id, user_id))""",
+    ),
 )
 
 _MESSAGE_COLUMNS = (
@@ -258,6 +262,10 @@ STATEMENTS: dict[str, str] = {
     "pend_insert": "INSERT INTO {ks}.pending_ops (shard, op_id, kind, created_at_ms, body) VALUES (?, ?, ?, ?, ?)",
     "pend_delete": "DELETE FROM {ks}.pending_ops WHERE shard = ? AND op_id = ?",
     "pend_scan": "SELECT * FROM {ks}.pending_ops WHERE shard = ? LIMIT ?",
+    # per-member settings
+    "mute_set": "INSERT INTO {ks}.chat_mutes (chat_id, user_id, until_ms) VALUES (?, ?, ?)",
+    "mute_delete": "DELETE FROM {ks}.chat_mutes WHERE chat_id = ? AND user_id = ?",
+    "mute_list": "SELECT user_id, until_ms FROM {ks}.chat_mutes WHERE chat_id = ?",
 }
 
 # pending operation kinds
@@ -1599,6 +1607,16 @@ class CassandraChatStore:
 
     async def last_update_id(self, user_id: str) -> int:
         return await self._tail(user_id)
+
+    # -- per-member settings -----------------------------------------------------------------
+    async def set_mute(self, chat_id: str, user_id: str, until_ms: int | None) -> None:
+        if until_ms is None:
+            await self._write("mute_delete", (chat_id, user_id))
+        else:
+            await self._write("mute_set", (chat_id, user_id, until_ms))
+
+    async def mutes(self, chat_id: str) -> dict[str, int]:
+        return {r["user_id"]: int(r["until_ms"]) for r in await self._read("mute_list", (chat_id,))}
 
     async def _hint(self, user_id: str) -> int:
         row = await self._read_one("state_get", (user_id,))

@@ -89,6 +89,15 @@ MIGRATIONS: tuple[str, ...] = (
         last_update_id INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 2: per-member mute of a chat's push notifications
+    """
+    CREATE TABLE chat_mutes (
+        chat_id  TEXT    NOT NULL,
+        user_id  TEXT    NOT NULL,
+        until_ms INTEGER NOT NULL,
+        PRIMARY KEY (chat_id, user_id)
+    ) WITHOUT ROWID;
+    """,
 )
 
 _CHAT_COLUMNS = "chat_id, type, title, owner_id, created_at_ms, updated_at_ms, last_seq, last_message, version"
@@ -465,3 +474,18 @@ class SqliteChatStore(SqliteStore):
             return 0 if row is None else int(row[0])
 
         return await self._db.read(select)
+
+    # -- per-member settings ---------------------------------------------------------------
+    async def set_mute(self, chat_id: str, user_id: str, until_ms: int | None) -> None:
+        if until_ms is None:
+            await self._db.change("DELETE FROM chat_mutes WHERE chat_id = ? AND user_id = ?", (chat_id, user_id))
+            return
+        await self._db.change(
+            "INSERT INTO chat_mutes (chat_id, user_id, until_ms) VALUES (?, ?, ?)"
+            " ON CONFLICT (chat_id, user_id) DO UPDATE SET until_ms = excluded.until_ms",
+            (chat_id, user_id, until_ms),
+        )
+
+    async def mutes(self, chat_id: str) -> dict[str, int]:
+        rows = await self._db.query("SELECT user_id, until_ms FROM chat_mutes WHERE chat_id = ?", (chat_id,))
+        return {user_id: int(until_ms) for user_id, until_ms in rows}
