@@ -126,6 +126,7 @@ from cassandra.query import BatchStatement, BatchType, SimpleStatement, dict_fac
 from twisted.internet import defer, task, threads
 from twisted.logger import Logger
 
+from common.adapters.cassandra import as_deferred as _as_deferred
 from common.errors import Conflict, MessengerError, NotFound, Unavailable
 from common.resilience import CLOSED, CircuitBreaker
 from components.chat.domain import (
@@ -322,38 +323,6 @@ class _Accepted:
 
 
 # -- plumbing ------------------------------------------------------------------------------------
-def _as_deferred(reactor: Any, future: Any) -> defer.Deferred[list[Row]]:
-    """The rows of a driver ``ResponseFuture`` (every page), delivered on the reactor thread."""
-    d: defer.Deferred[list[Row]] = defer.Deferred()
-    rows: list[Row] = []
-
-    def settle(result: list[Row] | None, error: BaseException | None) -> None:
-        if d.called:  # cancelled by a timeout meanwhile
-            return
-        if error is not None:
-            d.errback(error)
-        else:
-            d.callback(result or [])
-
-    def ok(page: Any) -> None:  # a driver thread
-        try:
-            if page:
-                rows.extend(page)
-            if future.has_more_pages:
-                future.start_fetching_next_page()
-                return
-        except BaseException as e:
-            reactor.callFromThread(settle, None, e)
-            return
-        reactor.callFromThread(settle, rows, None)
-
-    def fail(error: BaseException) -> None:  # a driver thread
-        reactor.callFromThread(settle, None, error)
-
-    future.add_callbacks(ok, fail)
-    return d
-
-
 class _KeyedLocks:
     """One ``DeferredLock`` per key, dropped when nobody holds or waits for it."""
 

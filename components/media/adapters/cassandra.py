@@ -10,30 +10,21 @@ The keyspace is created if missing (as the chat store does) and the table with
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from cassandra import ConsistencyLevel
-from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
-from cassandra.policies import DCAwareRoundRobinPolicy, TokenAwarePolicy
-from cassandra.query import SimpleStatement, dict_factory
-from twisted.internet import defer, threads
-from twisted.logger import Logger
-
-from common.errors import NotFound, Unavailable
+from common.adapters.cassandra import CassandraTables, Row
+from common.errors import NotFound
 from common.resilience import CircuitBreaker
 from components.media.domain import COMPLETE, PENDING, Media
 
-log = Logger(namespace="messenger.media")
-KEYSPACE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,47}$")
-DEFAULT_REPLICATION: dict[str, Any] = {"class": "SimpleStrategy", "replication_factor": 1}
-Row = dict[str, Any]
-
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS {ks}.media (media_id text PRIMARY KEY, owner_id text, content_type text,"
-    " size bigint, filename text, state text, width int, height int, has_thumbnail boolean,"
-    " created_at_ms bigint, chats set<text>)",
+# Ordered, append-only. ``{ks}`` is the keyspace.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "CREATE TABLE IF NOT EXISTS {ks}.media (media_id text PRIMARY KEY, owner_id text, content_type text,"
+        " size bigint, filename text, state text, width int, height int, has_thumbnail boolean,"
+        " created_at_ms bigint, chats set<text>)",
+    ),
 )
 STATEMENTS = {
     "insert": "INSERT INTO {ks}.media (media_id, owner_id, content_type, size, filename, state, has_thumbnail,"
@@ -43,25 +34,6 @@ STATEMENTS = {
     " IF state = ?",
     "add_chat": "UPDATE {ks}.media SET chats = chats + ? WHERE media_id = ?",
 }
-
-
-def _as_deferred(reactor: Any, future: Any) -> defer.Deferred[list[Row]]:
-    """The rows of a driver ``ResponseFuture`` (one page: these queries answer one row)."""
-    d: defer.Deferred[list[Row]] = defer.Deferred()
-
-    def settle(result: list[Row] | None, error: BaseException | None) -> None:
-        if d.called:
-            return
-        if error is not None:
-            d.errback(error)
-        else:
-            d.callback(result or [])
-
-    future.add_callbacks(
-        lambda rows: reactor.callFromThread(settle, list(rows or []), None),
-        lambda error: reactor.callFromThread(settle, None, error),
-    )
-    return d
 
 
 def _media_of(row: Row) -> Media:
@@ -88,85 +60,36 @@ class CassandraMediaStore:
         keyspace: str,
         reactor: Any,
         *,
-        replication: dict[str, Any] | None = None,
+        replication: Mapping[str, Any] | None = None,
         request_timeout_s: float = 2.8,
         connect_timeout_s: float = 3.0,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        if not KEYSPACE_RE.match(keyspace):
-            raise ValueError(f"not a plain keyspace name: {keyspace!r}")
-        self.hosts, self.port, self.keyspace = list(hosts), port, keyspace
-        self._reactor = reactor
-        self._replication = dict(replication or DEFAULT_REPLICATION)
-        self._request_timeout_s = request_timeout_s
-        self._connect_timeout_s = connect_timeout_s
-        self.breaker = breaker or CircuitBreaker("cassandra-media", reactor)
-        self._cluster: Any = None
-        self._session: Any = None
-        self._stmts: dict[str, Any] = {}
+        self._tables = CassandraTables(
+            "media",
+            hosts,
+            port,
+            keyspace,
+            reactor,
+            migrations=MIGRATIONS,
+            statements=STATEMENTS,
+            serial={"complete"},
+            replication=replication,
+            connect_timeout_s=connect_timeout_s,
+            request_timeout_s=request_timeout_s,
+            breaker=breaker,
+        )
+        self.keyspace = keyspace
+        self.breaker = self._tables.breaker
 
     async def start(self) -> None:
-        if self._session is not None:
-            return
-        profile = ExecutionProfile(
-            load_balancing_policy=TokenAwarePolicy(DCAwareRoundRobinPolicy()),
-            consistency_level=ConsistencyLevel.LOCAL_QUORUM,
-            serial_consistency_level=ConsistencyLevel.SERIAL,
-            request_timeout=self._request_timeout_s,
-            row_factory=dict_factory,
-        )
-        cluster = Cluster(
-            contact_points=self.hosts,
-            port=self.port,
-            protocol_version=5,
-            execution_profiles={EXEC_PROFILE_DEFAULT: profile},
-            connect_timeout=self._connect_timeout_s,
-            control_connection_timeout=self._connect_timeout_s,
-        )
-        try:
-            session = await threads.deferToThread(cluster.connect)
-        except Exception as e:
-            await threads.deferToThread(cluster.shutdown)
-            raise Unavailable(f"cassandra is unreachable: {type(e).__name__}: {e}") from e
-        self._cluster, self._session = cluster, session
-        try:
-            replication = ", ".join(f"'{k}': '{v}'" for k, v in self._replication.items())
-            await self._ddl(f"CREATE KEYSPACE IF NOT EXISTS {self.keyspace} WITH replication = {{{replication}}}")
-            for cql in SCHEMA:
-                await self._ddl(cql.format(ks=self.keyspace))
-            self._stmts = await threads.deferToThread(self._prepare_all, session)
-        except Exception as e:
-            await self.stop()
-            raise Unavailable(f"cassandra media schema setup failed: {type(e).__name__}: {e}") from e
+        await self._tables.start()
 
     async def stop(self) -> None:
-        cluster, self._cluster, self._session = self._cluster, None, None
-        self._stmts = {}
-        if cluster is not None:
-            await threads.deferToThread(cluster.shutdown)
-
-    def _prepare_all(self, session: Any) -> dict[str, Any]:
-        return {name: session.prepare(cql.format(ks=self.keyspace)) for name, cql in STATEMENTS.items()}
-
-    async def _ddl(self, cql: str) -> None:
-        stmt = SimpleStatement(cql, consistency_level=ConsistencyLevel.LOCAL_QUORUM)
-        await _as_deferred(self._reactor, self._session.execute_async(stmt, timeout=60.0))
+        await self._tables.stop()
 
     async def _run(self, name: str, params: Sequence[Any], *, idempotent: bool = True) -> list[Row]:
-        if self._session is None:
-            raise Unavailable("cassandra media store is not started")
-        bound = self._stmts[name].bind(params)
-        if name == "complete":
-            bound.serial_consistency_level = ConsistencyLevel.SERIAL
-
-        def attempt() -> defer.Deferred[list[Row]]:
-            return _as_deferred(self._reactor, self._session.execute_async(bound, timeout=self._request_timeout_s))
-
-        async def once() -> list[Row]:
-            rows: list[Row] = await attempt()
-            return rows
-
-        return await self.breaker.call(once, idempotent=idempotent)
+        return await self._tables.call(name, params, idempotent=idempotent)
 
     async def create(self, media: Media) -> None:
         await self._run(
