@@ -3,7 +3,7 @@
 An operator (``scripts/drain``) POSTs ``/drain`` on the router's private web transport
 (``router_metrics``, 127.0.0.1). From then on:
 
-- the public health check (``GET /``, ``router/web.py``) answers 503, so the balancer marks the
+- the public health check (``GET /healthz``, ``router/web.py``) answers 503, so the balancer marks the
   shard down and sends it no new connections;
 - after ``grace_s`` (time for the balancer to notice; default 5 s = HAProxy ``fall 2`` x
   ``inter 2s`` + margin) the in-router component (``router/component.py``) closes the shard's

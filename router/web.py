@@ -1,25 +1,43 @@
-"""The router's public HTTP root (``/``): a small index, ``/.well-known/*`` proxied to the auth
+"""The router's public HTTP root (``/``): the web client's static files (``web/dist``, built by
+``scripts/run``), the health check ``/healthz``, ``/.well-known/*`` proxied to the auth
 component's HTTP server (JWKS), ``/media/*`` proxied to the media component's HTTP server
-(embedded profile: signed uploads and downloads), and later the web client's static files.
+(embedded profile: signed uploads and downloads). ``/ws`` is Crossbar's WebSocket path next to
+this resource.
 
 Crossbar's web transport path names cannot contain dots, hence this resource.
 
-``GET /`` is also the balancer's health check: it answers 503 while the shard drains
-(``router/drain.py``), so that no new connections are sent here.
+``GET /healthz`` is the balancer's health check (``config/haproxy/haproxy.cfg``): it answers the
+JSON index with 200, and 503 while the shard drains (``router/drain.py``), so that no new
+connections are sent here. ``GET /`` serves the web client (``index.html``; any other path
+without a file is the single-page app too, so client-side routes can be reloaded). When the
+client is not built, ``GET /`` answers the JSON index exactly like ``/healthz`` (as before).
+
+``extra``: ``web_dir`` (default ``web/dist``; a relative path is taken from the project root,
+the folder that holds ``router/``), ``auth_http`` and ``media_http`` (``{host, port}``).
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.resource import Resource
+from twisted.web.static import File
 
 from router import drain
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_WEB_DIR = "web/dist"
+HEALTH_PATH = b"healthz"
+# Vite puts content-hashed files under assets/: they never change under the same name
+IMMUTABLE = b"public, max-age=31536000, immutable"
+
 
 class _Index(Resource):
+    """The JSON index, and the health check: 503 while this shard drains."""
+
     isLeaf = True
 
     def __init__(self, index: dict[str, Any], state: drain.DrainState) -> None:
@@ -30,27 +48,92 @@ class _Index(Resource):
 
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
         if self._state.draining:
             request.setResponseCode(503)
-            request.setHeader(b"cache-control", b"no-store")
             return self._draining
         return self._body
 
 
+class _AppPage(Resource):
+    """``index.html`` of the single-page app, never cached (it names the hashed assets)."""
+
+    isLeaf = True
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self._path = path
+
+    def render_GET(self, request: Any) -> bytes:
+        try:
+            body = self._path.read_bytes()
+        except OSError:
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"web client not built: run scripts/run (or npm ci && npm run build in web/)\n"
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return body
+
+    def render_HEAD(self, request: Any) -> bytes:
+        self.render_GET(request)
+        return b""
+
+
+class _Static(File):
+    """The built files; hashed assets are cached for good; no directory listings."""
+
+    def directoryListing(self) -> Resource:
+        return self.forbidden
+
+    def render_GET(self, request: Any) -> Any:
+        if request.path.startswith(b"/assets/"):
+            request.setHeader(b"cache-control", IMMUTABLE)
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return super().render_GET(request)
+
+
 class _Root(Resource):
-    def __init__(self, index: Resource) -> None:
+    def __init__(self, index: Resource, web_dir: Path) -> None:
         super().__init__()
         self._index = index
+        self._web_dir = web_dir
+        self._page = _AppPage(web_dir / "index.html")
+
+    def built(self) -> bool:
+        return (self._web_dir / "index.html").is_file()
 
     def getChild(self, path: bytes, request: Any) -> Any:
-        if path == b"":
+        if path == HEALTH_PATH:
             return self._index
-        return super().getChild(path, request)
+        if not self.built():
+            return self._index if path == b"" else super().getChild(path, request)
+        if path == b"" or path == b"index.html":
+            return self._page
+        try:
+            name = path.decode()
+        except UnicodeDecodeError:
+            return super().getChild(path, request)
+        target = self._web_dir / name
+        if name not in (".", "..") and "/" not in name and target.exists():
+            return _Static(str(target))
+        if request.method in (b"GET", b"HEAD") and "." not in name:
+            return self._page  # a client-side route: the app decides
+        return super().getChild(path, request)  # 404
+
+
+def web_dir_of(extra: dict[str, Any]) -> Path:
+    path = Path(str(extra.get("web_dir") or DEFAULT_WEB_DIR))
+    return path if path.is_absolute() else PROJECT_ROOT / path
 
 
 def root_resource(extra: dict[str, Any]) -> Resource:
-    index = _Index({"service": "messenger", "websocket": "/ws", "jwks": "/.well-known/jwks.json"}, drain.STATE)
-    root = _Root(index)
+    index = _Index(
+        {"service": "messenger", "websocket": "/ws", "jwks": "/.well-known/jwks.json", "health": "/healthz"},
+        drain.STATE,
+    )
+    root = _Root(index, web_dir_of(extra))
     auth = extra.get("auth_http") or {"host": "127.0.0.1", "port": 8091}
     root.putChild(
         b".well-known",

@@ -99,7 +99,7 @@ async def test_draining_a_shard_moves_its_users_to_the_other_one_without_losing_
     assert closed_at[-1] - closed_at[0] >= 0.3, closed_at  # paced, not all at once
 
     # the shard is out of the balancer and empty; new sessions are turned away
-    status, index = http("GET", f"http://127.0.0.1:{a.ws_port}/")
+    status, index = http("GET", f"http://127.0.0.1:{a.ws_port}/healthz")
     assert status == 503 and index["draining"] is True
     deadline = time.monotonic() + 5
     while (state := http("GET", f"http://127.0.0.1:{a.metrics_port}/drain")[1])["sessions_left"] != 0:
@@ -124,7 +124,7 @@ async def test_draining_a_shard_moves_its_users_to_the_other_one_without_losing_
     # backends on the drained shard are untouched; the sender's shard never noticed
     assert await backends(backend) == before
     assert sender.d.is_attached()
-    assert http("GET", f"http://127.0.0.1:{b.ws_port}/")[0] == 200
+    assert http("GET", f"http://127.0.0.1:{b.ws_port}/healthz")[0] == 200
     await backend.close()
     await close_all(sender, *users)
 
@@ -149,7 +149,7 @@ async def test_drain_script_waits_until_the_shard_is_empty_and_can_cancel(shards
     assert status["draining"] is True and status["sessions_left"] == 0
 
     assert (await run("--cancel")).returncode == 0
-    assert http("GET", f"http://127.0.0.1:{a.ws_port}/")[0] == 200
+    assert http("GET", f"http://127.0.0.1:{a.ws_port}/healthz")[0] == 200
     guest = await connect(a.url)  # serving again: a new session stays joined
     await task.deferLater(reactor, 0.3, lambda: None)
     assert guest.is_attached()

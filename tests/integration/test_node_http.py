@@ -54,8 +54,8 @@ async def test_router_and_component_processes_expose_prometheus_metrics(node):
 
 
 @pytest_twisted.ensureDeferred
-async def test_node_index_names_the_websocket_path(node):
-    status, _, body = get(f"http://127.0.0.1:{node.ws_port}/")
+async def test_node_health_check_names_the_websocket_path(node):
+    status, _, body = get(f"http://127.0.0.1:{node.ws_port}/healthz")
     assert status == 200 and json.loads(body)["websocket"] == "/ws"
     guest = await connect(node.url)
     await guest.close()

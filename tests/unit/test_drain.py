@@ -260,7 +260,7 @@ def test_drain_resource_takes_its_defaults_from_the_config_extra():
 def test_health_check_answers_503_while_draining(monkeypatch):
     state = drain.DrainState()
     monkeypatch.setattr(drain, "STATE", state)
-    index = root_resource({}).getChildWithDefault(b"", DummyRequest([b""]))
+    index = root_resource({}).getChildWithDefault(b"healthz", DummyRequest([b"healthz"]))
     code, body = render(index, "GET")
     assert code == 200 and body["websocket"] == "/ws"
     state.start(rate_per_s=1, grace_s=0)

@@ -1,0 +1,88 @@
+"""The web client end to end: a real embedded node serving the built client (web/dist), two and
+then three users in Chromium driven by playwright-core (web/e2e/run.mjs), and a drain of the
+node. Screenshots go to var/test-artifacts/web/; docs/screenshots/chat.png is refreshed from them
+when it is missing or MESSENGER_UPDATE_SCREENSHOTS=1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.node import ROOT, Node
+
+pytestmark = [pytest.mark.node, pytest.mark.web, pytest.mark.slow]
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+ARTIFACTS = ROOT / "var" / "test-artifacts" / "web"
+README_SHOT = ROOT / "docs" / "screenshots" / "chat.png"
+
+
+@pytest.fixture(scope="module")
+def built() -> None:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.fail("Node.js (node, npm) is needed for the web client: install Node.js 20 or later")
+    subprocess.run([str(ROOT / "scripts" / "web"), "build"], check=True, timeout=300)
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `scripts/web chromium` installs it (the test command does)")
+
+
+@pytest.fixture(scope="module")
+def web_node(built: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    node = Node(tmp_path_factory.mktemp("web"), profile="embedded").start()
+    yield node
+    node.stop()
+
+
+def test_node_serves_the_built_client_and_keeps_its_other_paths(web_node: Node) -> None:
+    base = f"http://127.0.0.1:{web_node.ws_port}"
+    with urllib.request.urlopen(f"{base}/", timeout=5) as r:
+        page = r.read().decode()
+        assert r.status == 200 and r.headers["content-type"].startswith("text/html")
+    assert '<div id="app">' in page
+    asset = page.split('src="', 1)[1].split('"', 1)[0]
+    with urllib.request.urlopen(f"{base}{asset}", timeout=5) as r:
+        assert r.status == 200 and "immutable" in r.headers["cache-control"]
+    with urllib.request.urlopen(f"{base}/chats/anything", timeout=5) as r:  # SPA fallback
+        assert '<div id="app">' in r.read().decode()
+    with urllib.request.urlopen(f"{base}/healthz", timeout=5) as r:
+        assert r.status == 200 and r.headers["content-type"] == "application/json"
+    with urllib.request.urlopen(f"{base}/.well-known/jwks.json", timeout=5) as r:
+        assert r.status == 200
+
+
+def test_two_users_chat_in_the_browser_offline_and_back(web_node: Node) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            "node",
+            str(ROOT / "web" / "e2e" / "run.mjs"),
+            "--url",
+            f"http://127.0.0.1:{web_node.ws_port}/",
+            "--out",
+            str(ARTIFACTS),
+            "--chromium",
+            str(CHROMIUM),
+            "--metrics",  # the router's private port: the e2e drains the node and cancels the drain
+            f"http://127.0.0.1:{web_node.metrics_port}",
+        ],
+        cwd=ROOT / "web",
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    print(result.stdout)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\nnode log:\n{web_node.log_tail()}"
+    print(f"e2e took {time.monotonic() - started:.1f} s")
+    for name in ("login", "chat-list", "typing", "chat", "offline", "after-reconnect"):
+        assert (ARTIFACTS / f"{name}.png").stat().st_size > 1000
+    if not README_SHOT.exists() or os.environ.get("MESSENGER_UPDATE_SCREENSHOTS") == "1":
+        README_SHOT.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ARTIFACTS / "chat.png", README_SHOT)
