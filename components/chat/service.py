@@ -146,7 +146,18 @@ class ChatService:
         return await self._view(user_id, stored)
 
     async def get(self, user_id: str, chat_id: Any) -> dict[str, Any]:
-        return await self._view(user_id, await self._member_chat(user_id, chat_id))
+        """The chat, plus every other member's receipts (``receipts``: user id ->
+        ``{last_delivered_seq, last_read_seq}``), so a client can show delivered/read ticks
+        for messages older than its session (live changes come as receipt events)."""
+        chat = await self._member_chat(user_id, chat_id)
+        view = await self._view(user_id, chat)
+        receipts: dict[str, dict[str, int]] = {}
+        for other in chat.member_ids:
+            if other != user_id:
+                r = await self.store.get_receipts(chat.chat_id, other) or Receipts()
+                receipts[other] = {"last_delivered_seq": r.last_delivered_seq, "last_read_seq": r.last_read_seq}
+        view["receipts"] = receipts
+        return view
 
     async def list_chats(self, user_id: str, limit: Any, cursor: Any) -> dict[str, Any]:
         n = d.validate_limit(limit, d.CHAT_LIST_DEFAULT)

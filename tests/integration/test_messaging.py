@@ -50,6 +50,12 @@ async def test_two_users_on_three_devices_see_every_event_with_consecutive_ids(n
     read = alice.of_type("receipt.read", 1)[0]
     assert read["data"] == {"user_id": bob.user_id, "up_to_seq": 1}
     assert alice.of_type("receipt.delivered", 0)[0]["data"] == {"user_id": bob.user_id, "up_to_seq": 1}
+    # ticks for a client that opens the chat later: chat.get carries the other members' receipts
+    seen = await alice.d.call(uris.CHAT_GET, chat_id=cid)
+    assert seen["receipts"] == {bob.user_id: {"last_delivered_seq": 1, "last_read_seq": 1}}
+    assert (await bob.d.call(uris.CHAT_GET, chat_id=cid))["receipts"] == {
+        alice.user_id: {"last_delivered_seq": 1, "last_read_seq": 1}  # sending marks read for the sender
+    }
 
     reply = await bob.d.call(uris.MESSAGE_SEND, chat_id=cid, client_msg_id="b1", text="hello alice", reply_to=1)
     assert reply["seq"] == 2
