@@ -8,6 +8,9 @@ export default defineConfig({
     sourcemap: true,
     chunkSizeWarningLimit: 600,
     rollupOptions: {
+      // the service worker is an entry of its own, at the site root (/sw.js: scope /), unhashed
+      input: { main: 'index.html', sw: 'src/sw/sw.js' },
+      output: { entryFileNames: (chunk) => (chunk.name === 'sw' ? 'sw.js' : 'assets/[name]-[hash].js') },
       // autobahn-browser's prebuilt bundle has a direct eval (its optional Node.js paths): known
       onwarn(warning, warn) {
         if (warning.code === 'EVAL' && String(warning.id || warning.message).includes('autobahn')) return;

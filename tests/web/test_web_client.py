@@ -1,10 +1,13 @@
 """The web client end to end: a real embedded node serving the built client (web/dist), two and
 then three users in Chromium driven by playwright-core (web/e2e/run.mjs), and a drain of the
-node. Screenshots go to var/test-artifacts/web/; docs/screenshots/chat.png is refreshed from them
-when it is missing or MESSENGER_UPDATE_SCREENSHOTS=1."""
+node; the Web Push opt-in (web/e2e/push.mjs) against the node with Web Push configured and the
+Web Push stand-in (tests/support/push_standins.py), which decrypts what the node sends.
+Screenshots go to var/test-artifacts/web/; docs/screenshots/chat.png is refreshed from them when
+it is missing or MESSENGER_UPDATE_SCREENSHOTS=1."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.node import ROOT, Node
+from tests.support.push_standins import WebPushStandin, vapid_keypair
 
 pytestmark = [pytest.mark.node, pytest.mark.web, pytest.mark.slow]
 
@@ -34,8 +38,29 @@ def built() -> None:
 
 
 @pytest.fixture(scope="module")
-def web_node(built: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    node = Node(tmp_path_factory.mktemp("web"), profile="embedded").start()
+def vapid() -> tuple[str, str]:
+    return vapid_keypair()
+
+
+@pytest.fixture(scope="module")
+def webpush(vapid: tuple[str, str]) -> Iterator[WebPushStandin]:
+    standin = WebPushStandin(vapid[1]).start()
+    yield standin
+    standin.stop()
+    assert not standin.errors, standin.errors
+
+
+@pytest.fixture(scope="module")
+def web_node(built: None, vapid: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """The node, with Web Push configured (VAPID key; the stand-in's loopback endpoints are allowed)."""
+    vapid_private = vapid[0]
+    push_config = {"webpush": {"subject": "mailto:ops@example.com", "ttl_s": 120}}
+    node = Node(
+        tmp_path_factory.mktemp("web"),
+        profile="embedded",
+        extra={"push": push_config},
+        env={"MESSENGER_VAPID_PRIVATE_KEY": vapid_private},
+    ).start()
     yield node
     node.stop()
 
@@ -49,6 +74,9 @@ def test_node_serves_the_built_client_and_keeps_its_other_paths(web_node: Node) 
     asset = page.split('src="', 1)[1].split('"', 1)[0]
     with urllib.request.urlopen(f"{base}{asset}", timeout=5) as r:
         assert r.status == 200 and "immutable" in r.headers["cache-control"]
+    with urllib.request.urlopen(f"{base}/sw.js", timeout=5) as r:  # the service worker, at the root: scope /
+        assert r.status == 200 and "javascript" in r.headers["content-type"]
+        assert "showNotification" in r.read().decode()
     with urllib.request.urlopen(f"{base}/chats/anything", timeout=5) as r:  # SPA fallback
         assert '<div id="app">' in r.read().decode()
     with urllib.request.urlopen(f"{base}/healthz", timeout=5) as r:
@@ -86,3 +114,51 @@ def test_two_users_chat_in_the_browser_offline_and_back(web_node: Node) -> None:
     if not README_SHOT.exists() or os.environ.get("MESSENGER_UPDATE_SCREENSHOTS") == "1":
         README_SHOT.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(ARTIFACTS / "chat.png", README_SHOT)
+
+
+def test_web_push_opt_in_and_pushes_to_the_closed_browser(web_node: Node, webpush: WebPushStandin) -> None:
+    """Alice opts in (the browser's subscribe is faked to answer a stand-in subscription with a real
+    key pair), closes the page, Bob writes: the stand-in gets her push and decrypts Bob's message.
+    After a new login (a new device) the app registers the subscription again; after her opt-out
+    nothing more is pushed."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    sub = webpush.subscribe()
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            "node",
+            str(ROOT / "web" / "e2e" / "push.mjs"),
+            "--url",
+            f"http://127.0.0.1:{web_node.ws_port}/",
+            "--out",
+            str(ARTIFACTS),
+            "--chromium",
+            str(CHROMIUM),
+            "--subscription",
+            json.dumps(sub.as_json()),
+            "--vapid",
+            webpush.vapid_public_key,
+        ],
+        cwd=ROOT / "web",
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    print(result.stdout)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\nnode log:\n{web_node.log_tail()}"
+    lines = result.stdout.splitlines()
+    expected = [json.loads(line[len("RESULT ") :]) for line in lines if line.startswith("RESULT ")]
+    not_pushed = [json.loads(line[len("NOT_PUSHED ") :]) for line in lines if line.startswith("NOT_PUSHED ")]
+    assert len(expected) == 2 and len(not_pushed) == 1, result.stdout
+    deadline = time.monotonic() + 10
+    while len(webpush.delivered(sub)) < len(expected) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the opted-out message had as long to arrive as the others: it must not
+    pushes = webpush.delivered(sub)
+    assert [p.body["body"] for p in pushes] == [e["body"] for e in expected], (pushes, webpush.errors)
+    for push, want in zip(pushes, expected, strict=True):
+        body = push.body  # decrypted with the subscription's private key and auth secret
+        assert body["title"] == want["title"] and body["type"] == "message.new", body
+        assert body["chat_id"] == want["chat_id"] and body["tag"] == want["chat_id"], body
+        assert push.headers["topic"] == want["chat_id"]
+    print(f"push e2e took {time.monotonic() - started:.1f} s")

@@ -1,14 +1,29 @@
 /**
- * PUSH HOOK (Web Push opt-in with a service worker): being built in parallel (push issue), NOT
- * implemented here. The app calls `pushAvailable()` to decide whether to show the opt-in button
- * and `enablePush(client)` when the user asks for it. The push work replaces this module: register
- * the service worker, subscribe with the server's VAPID key and hand the subscription to the
- * server's push procedure.
+ * The app's Web Push opt-in: one WebPush (src/lib/webpush.js) per client, with the page's
+ * service worker, PushManager and Notification, and the opt-in remembered in localStorage.
+ * The service worker is src/sw/sw.js, built to /sw.js (scope /).
  */
-export function pushAvailable() {
-  return false; // TODO(push): 'serviceWorker' in navigator && 'PushManager' in window
+import { WebPush } from './lib/webpush.js';
+
+const localStore = {
+  get: (k) => JSON.parse(localStorage.getItem(k) || 'null'),
+  set: (k, v) => localStorage.setItem(k, JSON.stringify(v)),
+  remove: (k) => localStorage.removeItem(k),
+};
+const all = new WeakMap();
+
+export function webPush(client) {
+  if (!all.has(client)) all.set(client, new WebPush({ client, storage: typeof localStorage !== 'undefined' ? localStore : null }));
+  return all.get(client);
 }
 
-export async function enablePush(_client) {
-  throw new Error('push notifications are not available yet');
-}
+/** The browser can (service worker, PushManager, Notification) and the server's `push.config` lists "webpush". */
+export const pushAvailable = (client) => webPush(client).available();
+/** This user opted in on this browser. */
+export const pushEnabled = (client) => webPush(client).enabled();
+/** Opt in: permission, service worker, subscription, `push.register`. Throws a PushError with a readable message. */
+export const enablePush = (client) => webPush(client).enable();
+/** Opt out: `push.unregister` and unsubscribe. */
+export const disablePush = (client) => webPush(client).disable();
+/** On `ready`: register the browser's subscription again for a new login (device) of a user who opted in. */
+export const resumePush = (client) => webPush(client).resume();

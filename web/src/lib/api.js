@@ -54,3 +54,8 @@ export async function uploadMedia(c, file, { fetchImpl = globalThis.fetch } = {}
   if (!res.ok) throw new Error(`upload failed: HTTP ${res.status}`);
   return c.call('messenger.media.complete', { media_id: up.media_id });
 }
+
+// push notifications (docs/PROTOCOL.md "Push notifications"); Web Push: ./webpush.js
+export const pushConfig = (c) => c.call('messenger.push.config');
+export const pushRegister = (c, platform, token) => c.call('messenger.push.register', { platform, token });
+export const pushUnregister = (c, platform, token) => c.call('messenger.push.unregister', { platform, token });

@@ -5,3 +5,4 @@ export { UpdateStream, NEWEST } from './stream.js';
 export { backoffDelay, refreshDelayMs } from './timing.js';
 export { MessengerError, E, CLOSE } from './errors.js';
 export * as api from './api.js';
+export { WebPush, PushError, base64UrlToBytes } from './webpush.js';

@@ -2,7 +2,7 @@ import { h, render } from 'preact';
 import { useEffect, useLayoutEffect, useReducer, useRef, useState } from 'preact/hooks';
 import htm from 'htm';
 import * as api from '../lib/api.js';
-import { pushAvailable, enablePush } from '../push.js';
+import { pushAvailable, pushEnabled, enablePush, disablePush } from '../push.js';
 
 const html = htm.bind(h);
 const REACTIONS = ['👍', '❤️', '😂'];
@@ -53,6 +53,39 @@ function AuthScreen({ client }) {
   </form>`;
 }
 
+/** The Web Push opt-in: shown only when the browser can and the server has Web Push enabled. */
+function PushToggle({ client }) {
+  const [available, setAvailable] = useState(false);
+  const [on, setOn] = useState(() => pushEnabled(client));
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    let live = true;
+    pushAvailable(client).then((a) => live && setAvailable(a), () => {});
+    return () => (live = false);
+  }, [client]);
+  if (!available) return null;
+  const toggle = async () => {
+    setBusy(true);
+    setError(null);
+    try {
+      if (on) await disablePush(client);
+      else await enablePush(client);
+      setOn(!on);
+    } catch (e) {
+      setError(e?.message || String(e));
+    } finally {
+      setBusy(false);
+    }
+  };
+  return html`<div class="push">
+    <button data-testid="push-toggle" data-on=${on ? 'true' : 'false'} disabled=${busy} title=${on ? 'Stop notifications of new messages on this browser' : 'Be notified of new messages while the app is closed'} onClick=${toggle}>
+      ${busy ? '…' : on ? '🔕 Turn off notifications' : '🔔 Get notifications'}
+    </button>
+    ${error && html`<span class="error" data-testid="push-error">${error}</span>`}
+  </div>`;
+}
+
 function Sidebar({ store, client }) {
   const [query, setQuery] = useState('');
   const [results, setResults] = useState([]);
@@ -100,10 +133,10 @@ function Sidebar({ store, client }) {
         <span class=${`conn ${store.connection}`} data-testid="connection">${store.connection}</span>
       </div>
       <div class="row">
-        ${pushAvailable() && html`<button onClick=${() => enablePush(client)}>Notifications</button>`}
         <button data-testid="logout" onClick=${() => client.logout().catch(() => {})}>Log out</button>
       </div>
     </header>
+    <${PushToggle} key=${store.me?.user_id} client=${client} />
     <input class="search" data-testid="search" placeholder="Search users…" value=${query} onInput=${(e) => setQuery(e.target.value)} />
     ${results.length > 0 &&
     html`<ul class="results">
