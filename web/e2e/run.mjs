@@ -236,6 +236,11 @@ async function main() {
     await b.page.getByTestId('connection').filter({ hasText: 'online' }).waitFor();
     await b.page.getByTestId('chat-item').filter({ hasText: 'Alice' }).click();
     await waitFor('history after reload', async () => (await texts(b.page)).at(-1) === 'sent while offline');
+    // ticks for messages older than this page: from chat.get's receipts (Alice has read them all)
+    await waitFor('read ticks after reload', async () => {
+      const mine = b.page.getByTestId('message').filter({ hasText: 'sent while offline' });
+      return (await mine.locator('[data-testid=ticks][data-ticks="3"]').count()) === 1;
+    });
     log('token refreshed; page reload resumed the session with the new tokens');
 
     // a group with a third user

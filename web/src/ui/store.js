@@ -161,6 +161,23 @@ export class Store {
     this.changed();
     if (!this.messages.has(chatId)) await this.loadOlder(chatId);
     this.markRead(chatId);
+    this.loadReceipts(chatId);
+  }
+
+  /** The other members' receipts as the server has them (chat.get): ticks for messages older
+   * than this session; receipt events keep them current from here on. Marks only move forward. */
+  async loadReceipts(chatId) {
+    try {
+      const chat = await api.getChat(this.client, chatId);
+      const r = this.receiptsOf(chatId);
+      for (const [user, marks] of Object.entries(chat.receipts || {})) {
+        r.delivered[user] = Math.max(r.delivered[user] ?? 0, marks.last_delivered_seq ?? 0, marks.last_read_seq ?? 0);
+        r.read[user] = Math.max(r.read[user] ?? 0, marks.last_read_seq ?? 0);
+      }
+      this.changed();
+    } catch (e) {
+      console.warn('messenger: receipts of', chatId, e);
+    }
   }
 
   markRead(chatId) {
