@@ -20,12 +20,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from common import config
+from common.adapters.memory import FallbackRateLimiter, MemoryRateLimiter
 from common.clock import Clock, SystemClock
 from common.httpserver import http_root, mount
 from common.lifecycle import start_all, until_up
@@ -35,6 +36,8 @@ from components.media.service import MediaLimits, MediaService
 from components.media.wamp import MediaWamp, WampChats
 
 log = Logger(namespace="messenger.media")
+SWEEP_EVERY_S = 600.0
+SWEEP_GRACE_S = 3600  # after an upload URL expires, before its unfinished bytes are removed
 
 
 class MediaComponent(BackendSession):
@@ -42,6 +45,17 @@ class MediaComponent(BackendSession):
 
     def onJoin(self, details: Any) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._start())
+
+    def _limiter(self, extra: dict[str, Any]) -> tuple[Any, list[Any]]:
+        """Upload limits per user: in-process (embedded), Redis (distributed), the in-process
+        window while Redis is away."""
+        if config.profile(extra) == config.EMBEDDED:
+            return MemoryRateLimiter(self.clock), []
+        from common.adapters.redis import RedisClient, RedisRateLimiter
+
+        redis = RedisClient.from_url(config.required_env(extra, "redis_url_env", "MESSENGER_REDIS_URL"))
+        limiter = FallbackRateLimiter(RedisRateLimiter(redis), MemoryRateLimiter(self.clock), "uploads")
+        return limiter, [redis]
 
     def _build(self, extra: dict[str, Any]) -> tuple[Any, Any]:
         from twisted.internet import reactor
@@ -94,7 +108,8 @@ class MediaComponent(BackendSession):
             log.error("media component disabled: no S3 bucket configured (MESSENGER_S3_BUCKET, see the README)")
             return
         store, blobs = self._build(extra)
-        self._closeables = [store, blobs]
+        limiter, more = self._limiter(extra)
+        self._closeables = [store, blobs, *more]
         await until_up("media storage", lambda: start_all(self._closeables))
         limits_cfg = extra.get("limits") or {}
         limits = MediaLimits(**{k: int(v) for k, v in limits_cfg.items() if k in MediaLimits.__dataclass_fields__})
@@ -106,7 +121,22 @@ class MediaComponent(BackendSession):
             thumb: Thumbnail = await deferToThreadPool(reactor, pool, make_thumbnail, data, max_pixels=max_pixels)
             return thumb
 
-        service = MediaService(store, blobs, WampChats(self), thumbnailer, self.clock, limits)
+        service = MediaService(store, blobs, WampChats(self), thumbnailer, self.clock, limiter, limits)
+        if hasattr(blobs, "sweep"):  # the embedded file store: uploads never completed go after a while
+            older_than = limits.upload_ttl_s + SWEEP_GRACE_S
+
+            async def sweep() -> None:
+                try:
+                    gone = await blobs.sweep(older_than)
+                except Exception as e:
+                    log.warn("media sweep failed: {e}", e=e)
+                    return
+                if gone:
+                    log.info("media sweep: {n} uploads never completed removed", n=gone)
+
+            self._sweeper = task.LoopingCall(lambda: defer.ensureDeferred(sweep()))
+            self._sweeper.clock = reactor
+            self._sweeper.start(SWEEP_EVERY_S, now=True)
         edge = MediaWamp(service)
         await self.register_procedures(edge.procedures(), backend_only=edge.backend_only)
         http = extra.get("http") or {}
@@ -119,6 +149,9 @@ class MediaComponent(BackendSession):
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.stop()
+        sweeper = getattr(self, "_sweeper", None)
+        if sweeper is not None and sweeper.running:
+            sweeper.stop()
         super().onLeave(details)
 
 

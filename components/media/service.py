@@ -10,7 +10,8 @@ from typing import Any, Protocol
 from twisted.internet import defer
 
 from common.clock import Clock
-from common.errors import Conflict, Forbidden, InvalidArgument, NotFound
+from common.errors import Conflict, Forbidden, InvalidArgument, NotFound, RateLimited
+from common.ports import RateLimiter
 from components.media import domain as d
 from components.media.domain import Media
 from components.media.imaging import MAX_PIXELS_DEFAULT, Thumbnail
@@ -34,6 +35,8 @@ class MediaLimits:
     upload_ttl_s: int = d.UPLOAD_TTL_S
     download_ttl_s: int = d.DOWNLOAD_TTL_S
     thumbnails_at_once: int = 2  # images decoded at the same time (each holds its bytes in memory)
+    uploads_per_window: int = 30  # create_upload per user and window
+    upload_window_ms: int = 60_000
 
 
 class MediaService:
@@ -44,8 +47,10 @@ class MediaService:
         chats: Chats,
         thumbnailer: Thumbnailer,
         clock: Clock,
+        limiter: RateLimiter,
         limits: MediaLimits | None = None,
     ) -> None:
+        self.limiter = limiter
         self.store = store
         self.blobs = blobs
         self.chats = chats
@@ -64,6 +69,11 @@ class MediaService:
         ctype = d.validate_content_type(content_type)
         n = d.validate_size(size, self.limits.size_max)
         name = d.validate_filename(filename)
+        retry_after = await self.limiter.hit(
+            f"upload:{user_id}", self.limits.uploads_per_window, self.limits.upload_window_ms
+        )
+        if retry_after > 0:
+            raise RateLimited(f"too many uploads; retry in {retry_after} ms", retry_after_ms=retry_after)
         media = Media(d.new_media_id(), user_id, ctype, n, self.clock.now_ms(), filename=name)
         await self.store.create(media)
         url, headers = self.blobs.upload_target(d.upload_key(media.media_id), ctype, n, self.limits.upload_ttl_s)

@@ -5,6 +5,7 @@ mode. Uploads and downloads are real HTTP requests to the URLs the store signs."
 from __future__ import annotations
 
 import http.client
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -172,3 +173,24 @@ async def test_file_store_refuses_bad_tokens_sizes_and_types(files):
     assert (await in_thread("GET", files.download_url(upload_key(mid), 60)))[0] == 404
     # once complete, the upload URL is refused
     assert (await in_thread("PUT", url, body, headers))[0] == 409
+
+
+@pytest_twisted.ensureDeferred
+async def test_file_store_sweep_removes_only_old_unfinished_uploads(tmp_path: Path) -> None:
+    store = FileBlobStore(tmp_path / "media", b"s" * 32, "http://127.0.0.1:1")
+    await store.start()
+    try:
+        old, fresh, done = ids(), ids(), ids()
+        for mid in (old, fresh, done):
+            await store.put(upload_key(mid), JPEG_HEAD, "image/jpeg")
+        info = await store.stat(upload_key(done))
+        assert info is not None and await store.promote(upload_key(done), object_key(done), info.etag, "image/jpeg")
+        an_hour_ago = time.time() - 3600
+        for path in (store.path(upload_key(old)), store.path(object_key(done))):
+            os.utime(path, (an_hour_ago, an_hour_ago))
+        assert await store.sweep(older_than_s=600) == 1
+        assert await store.stat(upload_key(old)) is None
+        assert await store.stat(upload_key(fresh)) is not None
+        assert await store.stat(object_key(done)) is not None  # completed media are never swept
+    finally:
+        await store.stop()

@@ -50,6 +50,28 @@ async def test_login_attempts_are_limited_per_username_then_per_address(strict_n
     await guest.close()
 
 
+@pytest.fixture(scope="module")
+def upload_limited_node(tmp_path_factory):
+    limits = {"uploads_per_window": 3, "upload_window_ms": 60000}
+    node = Node(tmp_path_factory.mktemp("uploads"), extra={"limits": limits}).start()
+    yield node
+    node.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploads_are_limited_per_user(upload_limited_node):
+    alice, _ = await user_session(upload_limited_node)
+    bob, _ = await user_session(upload_limited_node)
+    for _ in range(3):
+        await alice.call(uris.MEDIA_CREATE_UPLOAD, content_type="image/png", size=100)
+    err = await call_error(alice.call(uris.MEDIA_CREATE_UPLOAD, content_type="image/png", size=100))
+    assert err.error == "messenger.error.rate_limited"
+    assert 0 < err.kwargs["retry_after_ms"] <= 60000
+    assert (await bob.call(uris.MEDIA_CREATE_UPLOAD, content_type="image/png", size=100))["media_id"]  # per user
+    await alice.close()
+    await bob.close()
+
+
 @pytest_twisted.ensureDeferred
 async def test_registrations_are_limited_per_address(strict_node):
     guest = await connect(strict_node.url)

@@ -38,6 +38,7 @@ RELAXED_LIMITS = {
     "refresh_per_ip": [100000, 60000],
     "send_per_window": 100000,
     "send_window_ms": 1000,
+    "uploads_per_window": 100000,
 }
 
 

@@ -149,6 +149,22 @@ class FileBlobStore:
                 os.unlink(tmp)
             raise
 
+    def _sweep(self, older_than_s: float) -> int:
+        """Delete uploads (``up/``) and temporary files last written more than ``older_than_s``
+        ago: uploads never completed (``complete`` moves a finished one to ``obj/``)."""
+        cutoff = self.now() - older_than_s
+        gone = 0
+        for kind in ("up", "tmp"):
+            for path in (self.root / kind).iterdir():
+                with _quiet():
+                    if path.stat().st_mtime < cutoff:
+                        path.unlink()
+                        gone += 0 if path.name.endswith(".type") else 1
+        return gone
+
+    async def sweep(self, older_than_s: float) -> int:
+        return await self.run(self._sweep, older_than_s)
+
     def _put(self, key: str, data: bytes, content_type: str) -> None:
         import io
 
