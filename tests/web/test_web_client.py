@@ -85,29 +85,41 @@ def test_node_serves_the_built_client_and_keeps_its_other_paths(web_node: Node) 
         assert r.status == 200
 
 
-def test_two_users_chat_in_the_browser_offline_and_back(web_node: Node) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    started = time.monotonic()
+def run_e2e(script: str, node: Node, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``node web/e2e/<script>`` against ``node`` in Chromium; fails the test with both logs."""
     result = subprocess.run(
         [
             "node",
-            str(ROOT / "web" / "e2e" / "run.mjs"),
+            str(ROOT / "web" / "e2e" / script),
             "--url",
-            f"http://127.0.0.1:{web_node.ws_port}/",
+            f"http://127.0.0.1:{node.ws_port}/",
             "--out",
             str(ARTIFACTS),
             "--chromium",
             str(CHROMIUM),
-            "--metrics",  # the router's private port: the e2e drains the node and cancels the drain
-            f"http://127.0.0.1:{web_node.metrics_port}",
+            *args,
         ],
         cwd=ROOT / "web",
         capture_output=True,
         text=True,
-        timeout=150,
+        timeout=timeout,
     )
     print(result.stdout)
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\nnode log:\n{web_node.log_tail()}"
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\nnode log:\n{node.log_tail()}"
+    return result
+
+
+def test_two_users_chat_in_the_browser_offline_and_back(web_node: Node) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    run_e2e(
+        "run.mjs",
+        web_node,
+        # the router's private port: the e2e drains the node and cancels the drain
+        "--metrics",
+        f"http://127.0.0.1:{web_node.metrics_port}",
+        timeout=150,
+    )
     print(f"e2e took {time.monotonic() - started:.1f} s")
     for name in ("login", "chat-list", "typing", "chat", "offline", "after-reconnect"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 1000
@@ -124,28 +136,15 @@ def test_web_push_opt_in_and_pushes_to_the_closed_browser(web_node: Node, webpus
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     sub = webpush.subscribe()
     started = time.monotonic()
-    result = subprocess.run(
-        [
-            "node",
-            str(ROOT / "web" / "e2e" / "push.mjs"),
-            "--url",
-            f"http://127.0.0.1:{web_node.ws_port}/",
-            "--out",
-            str(ARTIFACTS),
-            "--chromium",
-            str(CHROMIUM),
-            "--subscription",
-            json.dumps(sub.as_json()),
-            "--vapid",
-            webpush.vapid_public_key,
-        ],
-        cwd=ROOT / "web",
-        capture_output=True,
-        text=True,
+    result = run_e2e(
+        "push.mjs",
+        web_node,
+        "--subscription",
+        json.dumps(sub.as_json()),
+        "--vapid",
+        webpush.vapid_public_key,
         timeout=90,
     )
-    print(result.stdout)
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\nnode log:\n{web_node.log_tail()}"
     lines = result.stdout.splitlines()
     expected = [json.loads(line[len("RESULT ") :]) for line in lines if line.startswith("RESULT ")]
     not_pushed = [json.loads(line[len("NOT_PUSHED ") :]) for line in lines if line.startswith("NOT_PUSHED ")]

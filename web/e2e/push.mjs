@@ -19,27 +19,14 @@
  * Then she opts out, closes the page, Bob writes a third time. Each `RESULT {...}` line is a push
  * the Python test expects at the stand-in, `NOT_PUSHED {...}` one it must not get. Exit 0 = pass.
  */
-import { mkdirSync } from 'node:fs';
-import { join, resolve } from 'node:path';
-import { chromium } from 'playwright-core';
+import { join } from 'node:path';
+import { TIMEOUT, assert, launch, logger, newUser as openUser, parseArgs, register, waitFor } from './common.mjs';
 
-const args = Object.fromEntries(
-  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), [])
-);
-const url = args.url || 'http://127.0.0.1:8080/';
-const origin = new URL(url).origin;
-const out = resolve(args.out || 'e2e-artifacts');
-const executablePath = args.chromium || process.env.CHROMIUM || '/usr/bin/chromium';
+const { args, url, origin, out, executablePath } = parseArgs();
 const subscription = JSON.parse(args.subscription);
 const vapid = args.vapid;
-const TIMEOUT = 15000;
-mkdirSync(out, { recursive: true });
-
+const log = logger('push ');
 const started = Date.now();
-const log = (...a) => console.log(`[push ${((Date.now() - started) / 1000).toFixed(1)}s]`, ...a);
-function assert(cond, message) {
-  if (!cond) throw new Error(`assertion failed: ${message}`);
-}
 
 /** In the page, before the app: PushManager answers the test's subscription (no push service here). */
 function fakePushManager(sub) {
@@ -67,36 +54,16 @@ function fakePushManager(sub) {
   };
 }
 
-async function newUser(browser, name, { push = false } = {}) {
-  const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
-  if (push) {
-    await context.grantPermissions(['notifications'], { origin });
-    await context.addInitScript(fakePushManager, subscription);
-  }
-  const page = await context.newPage();
-  page.setDefaultTimeout(TIMEOUT);
-  page.on('pageerror', (e) => console.error(`[${name}] page error:`, e.message));
-  page.on('console', (m) => m.type() === 'error' && console.error(`[${name}] console:`, m.text()));
-  await page.goto(url);
-  return { name, context, page };
-}
-
-async function register(u, username, displayName) {
-  const { page } = u;
-  await page.getByTestId('username').fill(username);
-  await page.getByTestId('password').fill('correct horse battery');
-  await page.getByTestId('display-name').fill(displayName);
-  await page.getByTestId('register').click();
-  await page.getByTestId('me').filter({ hasText: displayName }).waitFor();
-  await page.getByTestId('connection').filter({ hasText: 'online' }).waitFor();
-}
+const newUser = (browser, name, { push = false } = {}) =>
+  openUser(browser, url, name, push
+    ? async (context) => {
+        await context.grantPermissions(['notifications'], { origin });
+        await context.addInitScript(fakePushManager, subscription);
+      }
+    : null);
 
 async function main() {
-  const browser = await chromium.launch({
-    executablePath,
-    headless: true,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  const browser = await launch(executablePath);
   try {
     const tag = Math.random().toString(36).slice(2, 8);
     const a = await newUser(browser, 'alice', { push: true });

@@ -10,26 +10,13 @@
  * presence, an image, edit/react/delete, a group; then one goes offline (network cut), the other
  * writes, it comes back and shows everything in order. Screenshots go to --out. Exit code 0 = pass.
  */
-import { mkdirSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
-import { chromium } from 'playwright-core';
+import { assert, launch, logger, newUser as openUser, parseArgs, register as registerUser, waitFor } from './common.mjs';
 
-const args = Object.fromEntries(
-  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), [])
-);
-const url = args.url || 'http://127.0.0.1:8080/';
-const out = resolve(args.out || 'e2e-artifacts');
-const executablePath = args.chromium || process.env.CHROMIUM || '/usr/bin/chromium';
-const TIMEOUT = 15000;
-mkdirSync(out, { recursive: true });
-
+const { args, url, out, executablePath } = parseArgs();
+const log = logger();
 const started = Date.now();
-const log = (...a) => console.log(`[${((Date.now() - started) / 1000).toFixed(1)}s]`, ...a);
-
-function assert(cond, message) {
-  if (!cond) throw new Error(`assertion failed: ${message}`);
-}
 
 /** A small PNG (a gradient), made here so the test needs no files. */
 function png(width, height) {
@@ -74,56 +61,14 @@ function png(width, height) {
   ]);
 }
 
-async function newUser(browser, name) {
-  const context = await browser.newContext({ viewport: { width: 1100, height: 720 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(TIMEOUT);
-  page.on('pageerror', (e) => console.error(`[${name}] page error:`, e.message));
-  page.on('console', (m) => m.type() === 'error' && console.error(`[${name}] console:`, m.text()));
-  await page.goto(url);
-  return { name, context, page };
-}
-
-async function register(u, username, displayName, shot) {
-  const { page } = u;
-  await page.getByTestId('username').fill(username);
-  await page.getByTestId('password').fill('correct horse battery');
-  await page.getByTestId('display-name').fill(displayName);
-  if (shot) await page.screenshot({ path: join(out, 'login.png') });
-  await page.getByTestId('register').click();
-  await page.getByTestId('me').filter({ hasText: displayName }).waitFor();
-  await page.getByTestId('connection').filter({ hasText: 'online' }).waitFor();
-}
+const newUser = (browser, name) => openUser(browser, url, name);
+const register = (u, username, displayName, shot) =>
+  registerUser(u, username, displayName, shot ? (page) => page.screenshot({ path: join(out, 'login.png') }) : null);
 
 const texts = (page) => page.getByTestId('message-text').allTextContents();
 
-async function waitFor(what, fn, timeout = TIMEOUT) {
-  const deadline = Date.now() + timeout;
-  let last;
-  while (Date.now() < deadline) {
-    last = await fn();
-    if (last) return last;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
 async function main() {
-  // playwright gives each launch a fresh user-data dir of its own (and removes it)
-  const browser = await chromium.launch({
-    executablePath,
-    headless: true,
-    args: [
-      '--headless',
-      '--no-sandbox',
-      '--disable-gpu',
-      '--disable-quic',
-      '--no-first-run',
-      '--disable-background-networking',
-      '--disable-component-update',
-      '--disable-sync',
-    ],
-  });
+  const browser = await launch(executablePath);
   try {
     const tag = Math.random().toString(36).slice(2, 8);
     const aName = `alice_${tag}`;
