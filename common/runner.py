@@ -73,6 +73,13 @@ def _start_one(url: str, realm: str, serializer: Any, spec: dict[str, Any]) -> N
         retry_delay_growth=1.5,
         retry_delay_jitter=0.1,
     )
+    # Autobahn's retry policy retries only after one successful connection ("hit stop" and never
+    # again otherwise): a components process started before a shard is up would never join it.
+    # Counting one success up front makes the first connection retry with the same backoff.
+    if hasattr(runner, "_connect_successes"):
+        runner._connect_successes = max(1, runner._connect_successes)
+    else:  # a future autobahn: say so rather than silently giving up on shards started later
+        log.warn("autobahn's ApplicationRunner changed: the first connection may not be retried")
     runner.run(load_class(spec["classname"]), start_reactor=False, auto_reconnect=True)
     log.info("component {cls} connecting to {url}", cls=spec["classname"], url=url)
 

@@ -343,3 +343,25 @@ async def test_with_two_components_processes_one_delivery_leads_and_the_other_ta
         assert got == sent
     finally:
         await close_all(alice, bob)
+
+
+@pytest.mark.postgres
+@pytest.mark.redis
+@pytest.mark.cassandra
+def test_a_components_process_started_before_its_router_joins_it_when_it_comes_up(tmp_path, distributed_env):
+    """Autobahn retries only after a first successful connection: a components process that
+    starts while its shard is down must keep trying, not give up ("hit stop")."""
+    env, extra = distributed_env()
+    nodes = start_split(tmp_path, env, extra, 1)
+    try:
+        nodes.kill_router(0)
+        late = nodes.add_components()
+        time.sleep(2.0)  # several refused connections
+        assert "hit stop" not in late.log_text() and not late.exited()
+        nodes.start_router(0)
+        deadline = time.monotonic() + 60
+        while late.log_text().count("component ready") < 3:  # auth, chat, delivery (and more)
+            assert time.monotonic() < deadline and not late.exited(), late.log_text()[-3000:]
+            time.sleep(0.1)
+    finally:
+        nodes.stop()
