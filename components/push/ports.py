@@ -28,6 +28,11 @@ class TokenStore(Protocol):
         """Every token of these users (any order)."""
         ...
 
+    async def owners_of(self, key: str) -> set[str]:
+        """The users holding a token with ``key`` (one device's token registered by someone
+        else before: that user must stop getting pushes on it)."""
+        ...
+
 
 class Presence(Protocol):
     async def online(self, user_ids: list[str]) -> set[str]:

@@ -72,6 +72,10 @@ class PushService:
         others = sorted((t for t in mine if t.key != record.key), key=lambda t: (t.created_at_ms, t.key))
         for old in others[: max(0, len(others) - (d.TOKENS_PER_USER_MAX - 1))]:
             await self.store.remove(user_id, old.key)
+        # a device's token belongs to whoever registered it last: the user signed in before on
+        # this device (app reinstalled, or no sign-out) must not get this user's pushes on it
+        for previous in await self.store.owners_of(record.key) - {user_id}:
+            await self.store.remove(previous, record.key)
         await self.store.put(record)
         return {}
 

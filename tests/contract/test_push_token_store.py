@@ -132,6 +132,20 @@ async def test_remove_one_and_remove_a_device(store: Store) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_owners_of_a_token_follow_puts_and_removals(store: Store) -> None:
+    a, b = new_id(), new_id()
+    t = fcm(a, "phone")
+    assert await store.owners_of(t.key) == set()
+    await store.put(t)
+    await store.put(PushToken(b, "phone", "fcm", t.token, t.key, 2))  # the same device's token, another user
+    assert await store.owners_of(t.key) == {a, b}
+    await store.remove(a, t.key)
+    assert await store.owners_of(t.key) == {b}
+    await store.remove_device(b, "phone")
+    assert await store.owners_of(t.key) == set()
+
+
+@pytest_twisted.ensureDeferred
 async def test_stores_on_one_location_share_tokens(opened: Callable[[], Any]) -> None:
     first, second = await opened(), await opened()
     a = new_id()

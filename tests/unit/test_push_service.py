@@ -27,6 +27,9 @@ class MemoryTokens:
     async def put(self, token: PushToken) -> None:
         self.rows[(token.user_id, token.key)] = token
 
+    async def owners_of(self, key: str) -> set[str]:
+        return {u for (u, k) in self.rows if k == key}
+
     async def remove(self, user_id: str, key: str) -> bool:
         return self.rows.pop((user_id, key), None) is not None
 
@@ -157,6 +160,19 @@ async def test_a_user_keeps_at_most_the_newest_tokens() -> None:
         await w.service.register(B, "dev", "fcm", f"token-{i:04d}-" + "y" * 30)
     kept = sorted(t.token for t in w.tokens.rows.values())
     assert len(kept) == d.TOKENS_PER_USER_MAX and kept[0].startswith("token-0003")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_token_registered_by_another_user_stops_pushing_for_the_first() -> None:
+    """One phone, two accounts: B signed in, then C (app reinstalled, B never signed out). The
+    phone's token is C's now: B's messages must not appear on it."""
+    w = World()
+    await w.add(B, FCM_B, device="phone-b")
+    await w.add(C, FCM_B, device="phone-c")
+    assert [(t.user_id, t.token) for t in w.tokens.rows.values()] == [(C, FCM_B)]
+    w.service.notify(notice([B, C]))
+    w.clock.advance(0)
+    assert [t.user_id for t, _ in w.senders["fcm"].sent] == [C]
 
 
 @pytest_twisted.ensureDeferred

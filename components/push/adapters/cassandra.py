@@ -25,6 +25,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             user_id text, token_key text, device_id text, platform text, target text, created_at_ms bigint,
             PRIMARY KEY (user_id, token_key))""",
     ),
+    # 2: who holds a token (a device's token moves to whoever registered it last); tokens stored
+    # before this migration have no row here until they are registered again
+    (
+        """CREATE TABLE IF NOT EXISTS {ks}.push_token_owners (
+            token_key text, user_id text, PRIMARY KEY (token_key, user_id))""",
+    ),
 )
 
 STATEMENTS: dict[str, str] = {
@@ -32,6 +38,9 @@ STATEMENTS: dict[str, str] = {
     " VALUES (?, ?, ?, ?, ?, ?)",
     "get": "SELECT token_key FROM {ks}.push_tokens WHERE user_id = ? AND token_key = ?",
     "delete": "DELETE FROM {ks}.push_tokens WHERE user_id = ? AND token_key = ?",
+    "own": "INSERT INTO {ks}.push_token_owners (token_key, user_id) VALUES (?, ?)",
+    "disown": "DELETE FROM {ks}.push_token_owners WHERE token_key = ? AND user_id = ?",
+    "owners": "SELECT user_id FROM {ks}.push_token_owners WHERE token_key = ?",
     "of_user": "SELECT user_id, token_key, device_id, platform, target, created_at_ms FROM {ks}.push_tokens"
     " WHERE user_id = ?",
 }
@@ -88,21 +97,29 @@ class CassandraTokenStore:
 
     # -- TokenStore ----------------------------------------------------------------------------------
     async def put(self, token: PushToken) -> None:
+        await self._call("own", (token.key, token.user_id))  # first: an owner row without a token is harmless
         await self._call(
             "put", (token.user_id, token.key, token.device_id, token.platform, token.token, token.created_at_ms)
         )
 
     async def remove(self, user_id: str, key: str) -> bool:
         existed = bool(await self._call("get", (user_id, key)))
-        await self._call("delete", (user_id, key))
+        await self._forget(user_id, key)
         return existed
+
+    async def _forget(self, user_id: str, key: str) -> None:
+        await self._call("delete", (user_id, key))
+        await self._call("disown", (key, user_id))
 
     async def remove_device(self, user_id: str, device_id: str) -> int:
         mine = await self._call("of_user", (user_id,))
         gone = [r["token_key"] for r in mine if r["device_id"] == device_id]
         for key in gone:
-            await self._call("delete", (user_id, key))
+            await self._forget(user_id, key)
         return len(gone)
+
+    async def owners_of(self, key: str) -> set[str]:
+        return {r["user_id"] for r in await self._call("owners", (key,))}
 
     async def tokens_of(self, user_ids: list[str]) -> list[PushToken]:
         ids = list(dict.fromkeys(user_ids))

@@ -23,6 +23,8 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (user_id, token_key)
     ) WITHOUT ROWID;
     """,
+    # 2: who holds a token (a device's token moves to whoever registered it last)
+    "CREATE INDEX push_tokens_by_key ON push_tokens (token_key);",
 )
 
 _CHUNK = 500
@@ -48,6 +50,10 @@ class SqliteTokenStore(SqliteStore):
         return await self._db.change(
             "DELETE FROM push_tokens WHERE user_id = ? AND device_id = ?", (user_id, device_id)
         )
+
+    async def owners_of(self, key: str) -> set[str]:
+        rows = await self._db.query("SELECT user_id FROM push_tokens WHERE token_key = ?", (key,))
+        return {row[0] for row in rows}
 
     async def tokens_of(self, user_ids: list[str]) -> list[PushToken]:
         ids = list(dict.fromkeys(user_ids))
