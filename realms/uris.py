@@ -73,6 +73,8 @@ INTERNAL_MEDIA_ATTACH = "messenger.internal.media.attach"
 INTERNAL_USERS_PROFILES = "messenger.internal.user.profiles"  # auth: {users: [profile]} for ids
 # chat -> push after a message is stored (shared registration, roundrobin; fire and forget)
 INTERNAL_PUSH_NOTIFY = "messenger.internal.push.notify"
+# the same for several notices at once ``notices=[{...}, ...]`` (chat batches its hand-overs)
+INTERNAL_PUSH_NOTIFY_MANY = "messenger.internal.push.notify_many"
 # delivery (each shard's leader): which of these users have a joined session on any shard
 INTERNAL_PRESENCE_ONLINE = "messenger.internal.presence.online"
 # chat -> delivery in the embedded profile (shared registration, invoke "first": one active

@@ -68,7 +68,8 @@ class ChatComponent(BackendSession):
             self.clock,
             ChatLimits(**{k: int(v) for k, v in limits.items() if k in ChatLimits.__dataclass_fields__}),
             media=WampMedia(self),
-            pusher=WampPusher(self, reactor),
+            # extra.push_notices false: no push component is deployed, hand nothing over
+            pusher=WampPusher(self, reactor) if extra.get("push_notices", True) else None,
         )
         edge = ChatWamp(service)
         await self.register_procedures(edge.procedures(), backend_only=edge.backend_only)

@@ -55,6 +55,10 @@ class Pusher(Protocol):
         ...
 
 
+MUTES_TTL_MS = 10_000
+MUTES_CACHE_MAX = 10_000
+
+
 @dataclass(frozen=True)
 class ChatLimits:
     send_per_window: int = 40  # 20/s with a burst of 40: 40 per 2 s windows
@@ -82,6 +86,7 @@ class ChatService:
         self.clock = clock
         self.limits = limits or ChatLimits()
         self.pusher = pusher
+        self._mutes: dict[str, tuple[int, dict[str, int]]] = {}  # chat id -> (valid until ms, mutes)
 
     # -- helpers -----------------------------------------------------------------------------
     async def _member_chat(self, user_id: str, chat_id: Any) -> Chat:
@@ -285,13 +290,26 @@ class ChatService:
     async def _push_notice(self, chat: Chat, message: Message) -> dict[str, Any] | None:
         if len(chat.members) < 2:
             return None
-        mutes = await self.store.mutes(chat.chat_id)
-        return d.push_notice(chat, message, mutes, self.clock.now_ms())
+        return d.push_notice(chat, message, await self._chat_mutes(chat.chat_id), self.clock.now_ms())
+
+    async def _chat_mutes(self, chat_id: str) -> dict[str, int]:
+        """The chat's mutes, read at most every ``MUTES_TTL_MS`` per process (a mute set through
+        another instance applies within that time; one set here at once)."""
+        now = self.clock.now_ms()
+        hit = self._mutes.get(chat_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        mutes = await self.store.mutes(chat_id)
+        if len(self._mutes) >= MUTES_CACHE_MAX:
+            self._mutes.clear()
+        self._mutes[chat_id] = (now + MUTES_TTL_MS, mutes)
+        return mutes
 
     async def mute(self, user_id: str, chat_id: Any, until: Any) -> dict[str, Any]:
         chat = await self._member_chat(user_id, chat_id)
         end = d.validate_mute_until(until, self.clock.now_ms())
         await self.store.set_mute(chat.chat_id, user_id, end)
+        self._mutes.pop(chat.chat_id, None)
         return {"chat_id": chat.chat_id, "muted_until": end}
 
     async def history(self, user_id: str, chat_id: Any, before_seq: Any, limit: Any) -> dict[str, Any]:

@@ -75,25 +75,48 @@ class WampNotifier:
 
 
 class WampPusher:
-    """Passes new messages to ``messenger.internal.push.notify`` (shared registration,
+    """Passes new messages to ``messenger.internal.push.notify_many`` (shared registration,
     roundrobin), in the background and without waiting for the answer beyond logging it: the
-    send has been answered already. A missing, slow or failing push component costs nothing
-    but a log line (the first failure, then every 1000th)."""
+    send has been answered already. Notices are batched: one call per ``batch_s`` (or per
+    ``batch_max`` notices), not one per message (measured: the per-message call cost the
+    embedded node ~0.2 ms of CPU per message). A missing, slow or failing push component costs
+    nothing but a log line (the first failure, then every 1000th)."""
 
-    def __init__(self, session: Any, reactor: Any, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, session: Any, reactor: Any, timeout_s: float = 5.0, batch_s: float = 0.02, batch_max: int = 200
+    ) -> None:
         self._session = session
         self._reactor = reactor
         self._timeout_s = timeout_s
+        self._batch_s = batch_s
+        self._batch_max = batch_max
+        self._pending: list[dict[str, Any]] = []
+        self._flush_call: Any = None
         self.failures = 0
 
     def message_new(self, notice: Awaitable[dict[str, Any] | None]) -> None:
-        defer.ensureDeferred(self._hand_over(notice)).addErrback(self._failed)
+        defer.ensureDeferred(self._collect(notice)).addErrback(self._failed)
 
-    async def _hand_over(self, notice: Awaitable[dict[str, Any] | None]) -> None:
+    async def _collect(self, notice: Awaitable[dict[str, Any] | None]) -> None:
         payload = await notice
         if payload is None:
             return
-        d = self._session.call(uris.INTERNAL_PUSH_NOTIFY, **payload)
+        self._pending.append(payload)
+        if len(self._pending) >= self._batch_max:
+            self.flush()
+        elif self._flush_call is None:
+            self._flush_call = self._reactor.callLater(self._batch_s, self.flush)
+
+    def flush(self) -> None:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        batch, self._pending = self._pending, []
+        if batch:
+            defer.ensureDeferred(self._hand_over(batch)).addErrback(self._failed)
+
+    async def _hand_over(self, batch: list[dict[str, Any]]) -> None:
+        d = self._session.call(uris.INTERNAL_PUSH_NOTIFY_MANY, notices=batch)
         d.addTimeout(self._timeout_s, self._reactor)
         await d
 

@@ -7,13 +7,16 @@ from typing import Any
 
 from autobahn.wamp.exception import ApplicationError
 from twisted.internet import defer
+from twisted.logger import Logger
 
-from common.errors import Unauthenticated
+from common.errors import InvalidArgument, Unauthenticated
 from common.wampkit import Caller, Handler
 from components.push.service import PushService
 from realms import uris
 
+log = Logger(namespace="messenger.push")
 CALL_TIMEOUT_S = 5.0
+NOTICES_PER_CALL_MAX = 500
 PRESENCE_CHUNK = 200
 PROFILES_CHUNK = 100
 
@@ -67,9 +70,10 @@ class PushWamp:
             uris.PUSH_UNREGISTER: self.unregister,
             uris.PUSH_CONFIG: self.config,
             uris.INTERNAL_PUSH_NOTIFY: self.notify,
+            uris.INTERNAL_PUSH_NOTIFY_MANY: self.notify_many,
         }
 
-    backend_only = frozenset({uris.INTERNAL_PUSH_NOTIFY})
+    backend_only = frozenset({uris.INTERNAL_PUSH_NOTIFY, uris.INTERNAL_PUSH_NOTIFY_MANY})
 
     async def _device_id(self, caller: Caller) -> str:
         """The calling session's device (``authextra.device_id``, set at the ticket join)."""
@@ -122,6 +126,19 @@ class PushWamp:
             }
         )
         return {"queued": queued}
+
+    async def notify_many(self, caller: Caller, notices: Any) -> Any:
+        """Several notices in one call; a malformed one is skipped (and counted), not the rest."""
+        if not isinstance(notices, list) or len(notices) > NOTICES_PER_CALL_MAX:
+            raise InvalidArgument(f"notices must be a list of at most {NOTICES_PER_CALL_MAX} notices")
+        queued = rejected = 0
+        for raw in notices:
+            try:
+                queued += bool(self.s.notify(raw if isinstance(raw, dict) else {}))
+            except InvalidArgument as e:
+                rejected += 1
+                log.warn("push notice rejected: {e}", e=e.message)
+        return {"queued": queued, "rejected": rejected}
 
     def on_device_revoked(self, user_id: Any = None, device_id: Any = None, **_: Any) -> defer.Deferred[Any] | None:
         if not isinstance(user_id, str) or not isinstance(device_id, str):

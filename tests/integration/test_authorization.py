@@ -14,13 +14,9 @@ from tests.support.client import call_error, connect
 pytestmark = pytest.mark.node
 
 NOT_AUTHORIZED = "wamp.error.not_authorized"
+# every backend-only procedure named in realms/uris.py, and the router's meta API
 INTERNAL = [
-    uris.INTERNAL_AUTHENTICATE,
-    uris.INTERNAL_AUTHORIZE,
-    uris.INTERNAL_USER_BLOCKED,
-    uris.INTERNAL_USERS_PROFILES,
-    uris.INTERNAL_PUSH_NOTIFY,
-    uris.INTERNAL_PRESENCE_ONLINE,
+    *sorted(v for k, v in vars(uris).items() if k.startswith("INTERNAL_")),
     "wamp.session.list",
     "wamp.session.kill_by_authid",
     "wamp.registration.list",

@@ -117,22 +117,28 @@ class Session:
 async def test_the_hand_over_never_waits_and_failures_are_dropped() -> None:
     clock = task.Clock()
 
-    async def notice() -> dict[str, Any]:
-        return {"chat_id": "x"}
+    async def notice(n: int = 0) -> dict[str, Any]:
+        return {"chat_id": f"x{n}"}
 
     hanging = Session(defer.Deferred)  # push never answers
-    pusher = WampPusher(hanging, clock, timeout_s=5.0)
-    pusher.message_new(notice())  # returns at once
-    assert hanging.calls == [(uris.INTERNAL_PUSH_NOTIFY, {"chat_id": "x"})]
+    pusher = WampPusher(hanging, clock, timeout_s=5.0, batch_s=0.02)
+    pusher.message_new(notice(1))  # returns at once
+    pusher.message_new(notice(2))
+    assert hanging.calls == []  # collected for one batch
+    clock.advance(0.02)
+    assert hanging.calls == [(uris.INTERNAL_PUSH_NOTIFY_MANY, {"notices": [{"chat_id": "x1"}, {"chat_id": "x2"}]})]
     clock.advance(5.0)  # the call times out: logged and dropped
     assert pusher.failures == 1
     missing = Session(lambda: defer.fail(RuntimeError("wamp.error.no_such_procedure")))
-    pusher = WampPusher(missing, clock)
-    pusher.message_new(notice())
+    pusher = WampPusher(missing, clock, batch_max=3)
+    for n in range(3):
+        pusher.message_new(notice(n))  # a full batch goes at once
+    assert len(missing.calls) == 1 and len(missing.calls[0][1]["notices"]) == 3
     assert pusher.failures == 1
 
     async def nothing() -> None:
         return None
 
     pusher.message_new(nothing())
+    clock.advance(1.0)
     assert len(missing.calls) == 1
