@@ -13,14 +13,18 @@ without a file is the single-page app too, so client-side routes can be reloaded
 client is not built, ``GET /`` answers the JSON index exactly like ``/healthz`` (as before).
 
 ``extra``: ``web_dir`` (default ``web/dist``; a relative path is taken from the project root,
-the folder that holds ``router/``), ``auth_http`` and ``media_http`` (``{host, port}``).
+the folder that holds ``router/``), ``auth_http`` and ``media_http`` (``{host, port}``),
+``media_origins`` (origins the page may load media from and upload to besides its own: the S3
+endpoint of the distributed profile, e.g. ``["https://s3.example.com"]``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.web.proxy import ReverseProxyResource
 from twisted.web.resource import Resource
@@ -55,14 +59,28 @@ class _Index(Resource):
         return self._body
 
 
+def content_security_policy(media_origins: list[str]) -> bytes:
+    """The page loads only its own scripts (no inline script, no eval), talks only to its own
+    origin (HTTP and WebSocket) and to the media store's origins (``extra.media_origins``, e.g.
+    the S3 endpoint that presigned URLs point at), and cannot be framed."""
+    media = "".join(f" {o}" for o in media_origins)
+    return (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        f"img-src 'self' data: blob:{media}; connect-src 'self'{media}; worker-src 'self'; "
+        "object-src 'none'; base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+    ).encode()
+
+
 class _AppPage(Resource):
-    """``index.html`` of the single-page app, never cached (it names the hashed assets)."""
+    """``index.html`` of the single-page app, never cached (it names the hashed assets), with a
+    Content-Security-Policy."""
 
     isLeaf = True
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, csp: bytes) -> None:
         super().__init__()
         self._path = path
+        self._csp = csp
 
     def render_GET(self, request: Any) -> bytes:
         try:
@@ -74,6 +92,9 @@ class _AppPage(Resource):
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(b"content-security-policy", self._csp)
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        request.setHeader(b"x-frame-options", b"DENY")
         return body
 
     def render_HEAD(self, request: Any) -> bytes:
@@ -95,11 +116,11 @@ class _Static(File):
 
 
 class _Root(Resource):
-    def __init__(self, index: Resource, web_dir: Path) -> None:
+    def __init__(self, index: Resource, web_dir: Path, csp: bytes) -> None:
         super().__init__()
         self._index = index
         self._web_dir = web_dir
-        self._page = _AppPage(web_dir / "index.html")
+        self._page = _AppPage(web_dir / "index.html", csp)
 
     def built(self) -> bool:
         return (self._web_dir / "index.html").is_file()
@@ -123,6 +144,15 @@ class _Root(Resource):
         return super().getChild(path, request)  # 404
 
 
+def media_origins(extra: dict[str, Any]) -> list[str]:
+    """``extra.media_origins``, else the origin of ``MESSENGER_S3_ENDPOINT`` if the router has it."""
+    given = extra.get("media_origins")
+    if given:
+        return [str(o) for o in given]
+    parts = urlsplit(os.environ.get("MESSENGER_S3_ENDPOINT", ""))
+    return [f"{parts.scheme}://{parts.netloc}"] if parts.scheme in ("http", "https") and parts.netloc else []
+
+
 def web_dir_of(extra: dict[str, Any]) -> Path:
     path = Path(str(extra.get("web_dir") or DEFAULT_WEB_DIR))
     return path if path.is_absolute() else PROJECT_ROOT / path
@@ -133,7 +163,7 @@ def root_resource(extra: dict[str, Any]) -> Resource:
         {"service": "messenger", "websocket": "/ws", "jwks": "/.well-known/jwks.json", "health": "/healthz"},
         drain.STATE,
     )
-    root = _Root(index, web_dir_of(extra))
+    root = _Root(index, web_dir_of(extra), content_security_policy(media_origins(extra)))
     auth = extra.get("auth_http") or {"host": "127.0.0.1", "port": 8091}
     root.putChild(
         b".well-known",

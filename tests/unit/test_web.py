@@ -12,7 +12,7 @@ from twisted.web.resource import Resource, getChildForRequest
 from twisted.web.test.requesthelper import DummyRequest
 
 from router import drain
-from router.web import PROJECT_ROOT, root_resource, web_dir_of
+from router.web import PROJECT_ROOT, media_origins, root_resource, web_dir_of
 
 
 def get(root: Resource, path: str, method: bytes = b"GET") -> tuple[int, dict[bytes, Any], bytes]:
@@ -56,6 +56,28 @@ def test_hashed_assets_are_served_and_cached_for_good(dist: Path) -> None:
     code, headers, body = get(root_resource({"web_dir": str(dist)}), "/assets/index-abc.js")
     assert code == 200 and body == b"console.log(1)"
     assert b"immutable" in headers[b"cache-control"]
+
+
+def test_the_page_has_a_content_security_policy_that_allows_only_its_origin_and_the_media_store(
+    dist: Path,
+) -> None:
+    _, headers, _ = get(root_resource({"web_dir": str(dist)}), "/")
+    csp = headers[b"content-security-policy"].decode()
+    assert "script-src 'self';" in csp and "unsafe-eval" not in csp and "frame-ancestors 'none'" in csp
+    assert "connect-src 'self';" in csp
+    _, headers, _ = get(root_resource({"web_dir": str(dist), "media_origins": ["https://s3.example.com"]}), "/")
+    csp = headers[b"content-security-policy"].decode()
+    assert "img-src 'self' data: blob: https://s3.example.com;" in csp
+    assert "connect-src 'self' https://s3.example.com;" in csp
+    assert headers[b"x-frame-options"] == b"DENY" and headers[b"referrer-policy"] == b"no-referrer"
+
+
+def test_the_media_origin_defaults_to_the_s3_endpoint_origin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MESSENGER_S3_ENDPOINT", "https://minio.internal:9000/some/path")
+    assert media_origins({}) == ["https://minio.internal:9000"]
+    assert media_origins({"media_origins": ["https://cdn.example.com"]}) == ["https://cdn.example.com"]
+    monkeypatch.delenv("MESSENGER_S3_ENDPOINT")
+    assert media_origins({}) == []
 
 
 def test_client_routes_fall_back_to_the_app_but_missing_files_are_404(dist: Path) -> None:
