@@ -47,3 +47,16 @@ def local_secret(directory: Path, name: str) -> bytes:
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
     return path.read_text().strip().encode("ascii")
+
+
+def cassandra_location(extra: dict[str, Any]) -> tuple[list[str], int]:
+    """Contact points and port of the Cassandra cluster: ``host[:port][,host...]`` from the
+    environment variable named by ``extra.cassandra_env`` (default ``MESSENGER_CASSANDRA``);
+    ``MESSENGER_CASSANDRA_PORT`` overrides the port."""
+    hosts, port = [], 9042
+    for part in required_env(extra, "cassandra_env", "MESSENGER_CASSANDRA").split(","):
+        host, _, p = part.strip().partition(":")
+        hosts.append(host)
+        if p:
+            port = int(p)
+    return hosts, int(os.environ.get("MESSENGER_CASSANDRA_PORT", port))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from common.errors import Unavailable
@@ -31,3 +31,9 @@ async def until_up(what: str, fn: Callable[[], Awaitable[Any]], max_delay_s: flo
 async def start_all(things: list[Any]) -> None:
     for thing in things:
         await thing.start()
+
+
+def stop_all(things: list[Any]) -> None:
+    """Stop each without waiting (a session leaving cannot wait); errors are the things' own."""
+    for thing in things:
+        defer.ensureDeferred(thing.stop())

@@ -23,7 +23,7 @@ from common.adapters.memory import MemoryLock, MemoryRateLimiter
 from common.clock import Clock, SystemClock
 from common.errors import Unavailable
 from common.httpserver import JsonResource, http_root, mount
-from common.lifecycle import start_all, until_up
+from common.lifecycle import start_all, stop_all, until_up
 from common.wampkit import BackendSession
 from components.auth.adapters.argon2 import Argon2Hasher
 from components.auth.service import AuthService, AuthSettings
@@ -135,6 +135,5 @@ class AuthComponent(BackendSession):
         rotation = getattr(self, "_rotation", None)
         if rotation is not None and rotation.running:
             rotation.stop()
-        for t in getattr(self, "_closeables", []):
-            defer.ensureDeferred(t.stop())
+        stop_all(getattr(self, "_closeables", []))
         super().onLeave(details)

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.internet import defer
@@ -19,7 +18,7 @@ from common import config
 from common.adapters.memory import FallbackRateLimiter, MemoryRateLimiter
 from common.clock import Clock, SystemClock
 from common.httpserver import http_root
-from common.lifecycle import start_all, until_up
+from common.lifecycle import start_all, stop_all, until_up
 from common.wampkit import BackendSession
 from components.chat.service import ChatLimits, ChatService, Notifier
 from components.chat.wamp import ChatWamp, WampDirectory, WampMedia, WampNotifier, WampPusher
@@ -46,7 +45,7 @@ class ChatComponent(BackendSession):
         from components.chat.adapters.cassandra import CassandraChatStore
         from components.chat.adapters.redis_notifier import RedisNotifier
 
-        hosts, port = _cassandra_location(config.required_env(extra, "cassandra_env", "MESSENGER_CASSANDRA"))
+        hosts, port = config.cassandra_location(extra)
         store = CassandraChatStore(hosts, port, str(extra.get("cassandra_keyspace", "messenger")), reactor)
         redis = RedisClient.from_url(config.required_env(extra, "redis_url_env", "MESSENGER_REDIS_URL"))
         # sending must not stop while Redis is away: the send limit then holds per process
@@ -78,16 +77,5 @@ class ChatComponent(BackendSession):
         log.info("chat component ready ({profile})", profile=config.profile(extra))
 
     def onLeave(self, details: Any) -> None:
-        for thing in getattr(self, "_closeables", []):
-            defer.ensureDeferred(thing.stop())
+        stop_all(getattr(self, "_closeables", []))
         super().onLeave(details)
-
-
-def _cassandra_location(value: str) -> tuple[list[str], int]:
-    hosts, port = [], 9042
-    for part in value.split(","):
-        host, _, p = part.strip().partition(":")
-        hosts.append(host)
-        if p:
-            port = int(p)
-    return hosts, int(os.environ.get("MESSENGER_CASSANDRA_PORT", port))

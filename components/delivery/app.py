@@ -49,7 +49,7 @@ from common import config
 from common.clock import Clock, SystemClock
 from common.errors import InvalidArgument
 from common.httpserver import http_root
-from common.lifecycle import start_all, until_up
+from common.lifecycle import start_all, stop_all, until_up
 from common.wampkit import BackendSession, Caller
 from components.delivery.domain import PresenceBook, Sequencer
 from components.delivery.ports import PresenceDirectory, PresenceStore
@@ -183,8 +183,7 @@ class DeliveryComponent(BackendSession):
         for timer in getattr(self, "_gap_timers", {}).values():
             if timer.active():
                 timer.cancel()
-        for thing in getattr(self, "_closeables", []):
-            defer.ensureDeferred(thing.stop())
+        stop_all(getattr(self, "_closeables", []))
         super().onLeave(details)
 
     # -- durable updates ---------------------------------------------------------------------

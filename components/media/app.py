@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from twisted.internet import defer, task
@@ -29,7 +28,7 @@ from common import config
 from common.adapters.memory import FallbackRateLimiter, MemoryRateLimiter
 from common.clock import Clock, SystemClock
 from common.httpserver import http_root, mount
-from common.lifecycle import start_all, until_up
+from common.lifecycle import start_all, stop_all, until_up
 from common.wampkit import BackendSession
 from components.media.imaging import Thumbnail, make_thumbnail
 from components.media.service import MediaLimits, MediaService
@@ -92,7 +91,7 @@ class MediaComponent(BackendSession):
             addressing_style=str(s3.get("addressing_style", "path")),
             reactor=reactor,
         )
-        hosts, port = _cassandra_location(config.required_env(extra, "cassandra_env", "MESSENGER_CASSANDRA"))
+        hosts, port = config.cassandra_location(extra)
         store = CassandraMediaStore(hosts, port, str(extra.get("cassandra_keyspace", "messenger")), reactor)
         return store, s3_store
 
@@ -144,8 +143,7 @@ class MediaComponent(BackendSession):
         log.info("media component ready ({profile})", profile=config.profile(extra))
 
     def onLeave(self, details: Any) -> None:
-        for thing in getattr(self, "_closeables", []):
-            defer.ensureDeferred(thing.stop())
+        stop_all(getattr(self, "_closeables", []))
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.stop()
@@ -153,13 +151,3 @@ class MediaComponent(BackendSession):
         if sweeper is not None and sweeper.running:
             sweeper.stop()
         super().onLeave(details)
-
-
-def _cassandra_location(value: str) -> tuple[list[str], int]:
-    hosts, port = [], 9042
-    for part in value.split(","):
-        host, _, p = part.strip().partition(":")
-        hosts.append(host)
-        if p:
-            port = int(p)
-    return hosts, int(os.environ.get("MESSENGER_CASSANDRA_PORT", port))

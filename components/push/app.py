@@ -33,7 +33,7 @@ from twisted.python.threadpool import ThreadPool
 from common import config
 from common.clock import Clock, SystemClock
 from common.httpserver import http_root
-from common.lifecycle import start_all, until_up
+from common.lifecycle import start_all, stop_all, until_up
 from common.wampkit import BackendSession
 from components.push.dispatch import Dispatcher
 from components.push.domain import FCM, WEBPUSH, RetryPolicy
@@ -71,7 +71,7 @@ class PushComponent(BackendSession):
             return SqliteTokenStore(config.data_dir(extra) / "push.sqlite3")
         from components.push.adapters.cassandra import CassandraTokenStore
 
-        hosts, port = _cassandra_location(config.required_env(extra, "cassandra_env", "MESSENGER_CASSANDRA"))
+        hosts, port = config.cassandra_location(extra)
         return CassandraTokenStore(hosts, port, str(extra.get("cassandra_keyspace", "messenger")), reactor)
 
     def _senders(
@@ -158,19 +158,8 @@ class PushComponent(BackendSession):
     def onLeave(self, details: Any) -> None:
         for queue in getattr(self, "queues", {}).values():
             queue.stop()
-        for thing in getattr(self, "_closeables", []):
-            defer.ensureDeferred(thing.stop())
+        stop_all(getattr(self, "_closeables", []))
         for pool in getattr(self, "_pools", {}).values():
             # stop() joins the workers, one of which may wait for an HTTP timeout: not on the reactor
             threading.Thread(target=pool.stop, name="push-pool-stop", daemon=True).start()
         super().onLeave(details)
-
-
-def _cassandra_location(value: str) -> tuple[list[str], int]:
-    hosts, port = [], 9042
-    for part in value.split(","):
-        host, _, p = part.strip().partition(":")
-        hosts.append(host)
-        if p:
-            port = int(p)
-    return hosts, int(os.environ.get("MESSENGER_CASSANDRA_PORT", port))

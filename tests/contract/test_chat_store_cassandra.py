@@ -44,6 +44,7 @@ from components.chat.domain import (
     new_id,
 )
 from components.chat.ports import MessageDraft, UpdateDraft
+from tests.support.node import free_port
 
 pytestmark = pytest.mark.cassandra
 
@@ -834,12 +835,6 @@ async def test_lwts_whose_outcome_is_unknown_are_resolved(store: CassandraChatSt
     assert await store.get_receipts(chat.chat_id, c) == Receipts(6, 6)
     assert await store.get_receipts(chat.chat_id, b) == Receipts(6, 6)
     assert await store.get_receipts(chat.chat_id, owner) == Receipts(6, 6)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest_twisted.ensureDeferred

@@ -9,7 +9,6 @@ relay in front of it that can refuse, drop or freeze connections, and killed con
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -30,6 +29,7 @@ from common.resilience import CircuitBreaker
 from components.auth.adapters.postgres import MIGRATIONS, PostgresAccountStore, StoreFault
 from components.auth.domain import Account, Device, RefreshToken, RotateOutcome, new_id
 from tests.contract.conftest import drop_schema
+from tests.support.node import free_port
 from tests.support.relay import Relay
 
 pytestmark = pytest.mark.postgres
@@ -53,12 +53,6 @@ async def within(seconds: float, d: defer.Deferred[Any]) -> Any:
 def account(username: str | None = None) -> Account:
     username = username or f"u{uuid.uuid4().hex[:12]}"
     return Account(new_id(), username, username.capitalize(), "hash", NOW)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def with_params(dsn: str, **params: Any) -> str:

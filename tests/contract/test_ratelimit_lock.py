@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -36,6 +35,7 @@ from common.clock import FixedClock
 from common.errors import Unavailable
 from common.ports import Lock, RateLimiter
 from tests.support.env import REDIS_URL_ENV, redis_url
+from tests.support.node import free_port
 
 REACTOR: Any = _reactor
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -414,12 +414,6 @@ async def test_redis_unstarted_client_connects_on_first_call() -> None:
         assert client.connected
     finally:
         await client.stop()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class RedisServer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -42,11 +43,30 @@ RELAXED_LIMITS = {
 }
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free TCP port on 127.0.0.1 *below* the kernel's ephemeral range: a port the kernel
+    hands out (bind to 0) may be taken again by any outgoing connection (the load generator's
+    thousands, a client's) before the server that was given it binds it; seen as "Address
+    already in use" for a router shard in a full run."""
+    hi = min(_ephemeral_low() - 1, 32000)
+    for _ in range(200):
+        port = random.randint(max(1024, hi - 12000), hi)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # everything tried was taken: let the kernel choose
         s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float) -> None:
