@@ -5,7 +5,9 @@
 apart from a GC stall (two ``perf_counter`` calls per collection). It also tunes the collector,
 unless ``MESSENGER_GC=default``: the objects alive a few seconds after start-up (modules, classes,
 configuration, the long-lived part of every process) are frozen out of all later collections, and
-the young generation is collected every 10,000 net allocations instead of 700. Measured in the
+the young generation is collected every 10,000 net allocations instead of 700 (one full
+collection when the process joins, before any traffic; objects made during start-up are frozen
+5 s later without another full collection). Measured in the
 note of issue 4: with CPython's defaults a full collection held a components process 60-90 ms and
 a router worker 175-230 ms every few seconds under load. Idempotent."""
 
@@ -61,13 +63,18 @@ def install(reactor: Any = None) -> None:
     if os.environ.get("MESSENGER_GC", "tuned") == "default":
         return
     gc.set_threshold(*THRESHOLDS)
+    # now, before any traffic: the one full collection; later only a freeze, which costs nothing
+    # (a full collection 5 s after start held a router 100 ms in the middle of a benchmark)
+    freeze(collect=True)
     if reactor is None:
         from twisted.internet import reactor
     reactor.callLater(FREEZE_AFTER_S, freeze)
 
 
-def freeze() -> None:
-    """Collect once, then move every object alive now to the permanent generation."""
-    gc.collect()
+def freeze(collect: bool = False) -> None:
+    """Move every object alive now to the permanent generation (after one full collection if
+    ``collect``: that one takes a while, ~100 ms in a router worker)."""
+    if collect:
+        gc.collect()
     gc.freeze()
     log.info("garbage collector: {n} start-up objects frozen, thresholds {t}", n=gc.get_freeze_count(), t=THRESHOLDS)
