@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,8 +24,8 @@ OWNER = "a" * 32
 
 
 @pytest.fixture(scope="module")
-def keyspace(request: pytest.FixtureRequest) -> Any:
-    return f"media_ct_{uuid.uuid4().hex[:8]}"
+def keyspace(new_keyspace: Callable[[], str]) -> str:
+    return new_keyspace()  # made by the store, dropped at the end of the session
 
 
 @pytest_twisted.async_yield_fixture(params=["sqlite", pytest.param("cassandra", marks=pytest.mark.cassandra)])
@@ -35,31 +33,11 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if request.param == "sqlite":
         s: Any = SqliteMediaStore(tmp_path / "media.sqlite3", reactor)
     else:
-        location = os.environ.get("MESSENGER_TEST_CASSANDRA")
-        if not location:
-            pytest.fail("MESSENGER_TEST_CASSANDRA is not set: start the servers with `scripts/services.sh up`")
-        host, port = location.rsplit(":", 1)
+        host, port = request.getfixturevalue("cassandra_location").rsplit(":", 1)
         s = CassandraMediaStore([host], int(port), request.getfixturevalue("keyspace"), reactor)
     await s.start()
     yield s
     await s.stop()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def drop_keyspace(keyspace: str) -> Any:
-    yield
-    location = os.environ.get("MESSENGER_TEST_CASSANDRA")
-    if location:
-        from cassandra.cluster import Cluster
-
-        host, port = location.rsplit(":", 1)
-        cluster = Cluster([host], port=int(port), connect_timeout=10)
-        try:
-            cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
-        except Exception:
-            pass
-        finally:
-            cluster.shutdown()
 
 
 def media(**kw: Any) -> Media:

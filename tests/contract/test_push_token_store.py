@@ -3,9 +3,8 @@ and the Cassandra adapter (distributed, a keyspace of its own, dropped at the en
 
 from __future__ import annotations
 
-import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,20 +25,9 @@ class Store(TokenStore, Protocol):
 
 
 @pytest.fixture(scope="module")
-def push_keyspace() -> Iterator[tuple[str, int, str]]:
-    hostport = os.environ.get("MESSENGER_TEST_CASSANDRA")
-    if not hostport:
-        pytest.fail("MESSENGER_TEST_CASSANDRA is not set: start the test servers with `scripts/services.sh up`")
-    host, port = hostport.rsplit(":", 1)
-    keyspace = f"push_{secrets.token_hex(4)}"
-    yield host, int(port), keyspace
-    from cassandra.cluster import Cluster
-
-    cluster = Cluster([host], port=int(port), connect_timeout=10)
-    try:
-        cluster.connect().execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=60)
-    finally:
-        cluster.shutdown()
+def push_keyspace(cassandra_location: str, new_keyspace: Callable[[], str]) -> tuple[str, int, str]:
+    host, port = cassandra_location.rsplit(":", 1)
+    return host, int(port), new_keyspace()  # dropped at the end of the session
 
 
 @pytest.fixture(params=["sqlite", pytest.param("cassandra", marks=pytest.mark.cassandra)])

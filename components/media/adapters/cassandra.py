@@ -10,7 +10,7 @@ The keyspace is created if missing (as the chat store does) and the table with
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from common.adapters.cassandra import CassandraTables, Row
@@ -52,7 +52,7 @@ def _media_of(row: Row) -> Media:
     )
 
 
-class CassandraMediaStore:
+class CassandraMediaStore(CassandraTables):
     def __init__(
         self,
         hosts: list[str],
@@ -61,11 +61,11 @@ class CassandraMediaStore:
         reactor: Any,
         *,
         replication: Mapping[str, Any] | None = None,
-        request_timeout_s: float = 2.8,
         connect_timeout_s: float = 3.0,
+        request_timeout_s: float = 2.8,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        self._tables = CassandraTables(
+        super().__init__(
             "media",
             hosts,
             port,
@@ -79,20 +79,9 @@ class CassandraMediaStore:
             request_timeout_s=request_timeout_s,
             breaker=breaker,
         )
-        self.keyspace = keyspace
-        self.breaker = self._tables.breaker
-
-    async def start(self) -> None:
-        await self._tables.start()
-
-    async def stop(self) -> None:
-        await self._tables.stop()
-
-    async def _run(self, name: str, params: Sequence[Any], *, idempotent: bool = True) -> list[Row]:
-        return await self._tables.call(name, params, idempotent=idempotent)
 
     async def create(self, media: Media) -> None:
-        await self._run(
+        await self.call(
             "insert",
             (
                 media.media_id,
@@ -106,13 +95,13 @@ class CassandraMediaStore:
         )
 
     async def get(self, media_id: str) -> Media | None:
-        rows = await self._run("get", (media_id,))
+        rows = await self.call("get", (media_id,))
         return _media_of(rows[0]) if rows and rows[0].get("owner_id") else None
 
     async def complete(self, media: Media) -> Media:
         if await self.get(media.media_id) is None:
             raise NotFound("no such media")
-        await self._run(
+        await self.call(
             "complete",
             (COMPLETE, media.width, media.height, media.has_thumbnail, media.media_id, PENDING),
             idempotent=False,
@@ -124,4 +113,4 @@ class CassandraMediaStore:
 
     async def add_chat(self, media_ids: list[str], chat_id: str) -> None:
         for media_id in media_ids:
-            await self._run("add_chat", ({chat_id}, media_id))
+            await self.call("add_chat", ({chat_id}, media_id))

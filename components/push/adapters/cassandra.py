@@ -9,7 +9,7 @@ keyspace as chat's tables, with its own ``push_schema_version`` bookkeeping.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet import defer
@@ -57,7 +57,7 @@ def _token(row: Row) -> PushToken:
     )
 
 
-class CassandraTokenStore:
+class CassandraTokenStore(CassandraTables):
     def __init__(
         self,
         hosts: list[str],
@@ -70,7 +70,7 @@ class CassandraTokenStore:
         request_timeout_s: float = 2.8,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        self._tables = CassandraTables(
+        super().__init__(
             "push",
             hosts,
             port,
@@ -83,49 +83,38 @@ class CassandraTokenStore:
             request_timeout_s=request_timeout_s,
             breaker=breaker,
         )
-        self.keyspace = keyspace
-        self.breaker = self._tables.breaker
-
-    async def start(self) -> None:
-        await self._tables.start()
-
-    async def stop(self) -> None:
-        await self._tables.stop()
-
-    async def _call(self, name: str, params: Sequence[Any]) -> list[Row]:
-        return await self._tables.call(name, params)
 
     # -- TokenStore ----------------------------------------------------------------------------------
     async def put(self, token: PushToken) -> None:
-        await self._call("own", (token.key, token.user_id))  # first: an owner row without a token is harmless
-        await self._call(
+        await self.call("own", (token.key, token.user_id))  # first: an owner row without a token is harmless
+        await self.call(
             "put", (token.user_id, token.key, token.device_id, token.platform, token.token, token.created_at_ms)
         )
 
     async def remove(self, user_id: str, key: str) -> bool:
-        existed = bool(await self._call("get", (user_id, key)))
+        existed = bool(await self.call("get", (user_id, key)))
         await self._forget(user_id, key)
         return existed
 
     async def _forget(self, user_id: str, key: str) -> None:
-        await self._call("delete", (user_id, key))
-        await self._call("disown", (key, user_id))
+        await self.call("delete", (user_id, key))
+        await self.call("disown", (key, user_id))
 
     async def remove_device(self, user_id: str, device_id: str) -> int:
-        mine = await self._call("of_user", (user_id,))
+        mine = await self.call("of_user", (user_id,))
         gone = [r["token_key"] for r in mine if r["device_id"] == device_id]
         for key in gone:
             await self._forget(user_id, key)
         return len(gone)
 
     async def owners_of(self, key: str) -> set[str]:
-        return {r["user_id"] for r in await self._call("owners", (key,))}
+        return {r["user_id"] for r in await self.call("owners", (key,))}
 
     async def tokens_of(self, user_ids: list[str]) -> list[PushToken]:
         ids = list(dict.fromkeys(user_ids))
         try:
             results = await defer.gatherResults(
-                [defer.ensureDeferred(self._call("of_user", (u,))) for u in ids], consumeErrors=True
+                [defer.ensureDeferred(self.call("of_user", (u,))) for u in ids], consumeErrors=True
             )
         except defer.FirstError as e:
             error = e.subFailure.value
