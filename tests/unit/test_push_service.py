@@ -316,3 +316,21 @@ def test_notices_without_recipients_or_platforms_queue_nothing() -> None:
     assert w2.service.notify(notice([B])) is False
     with pytest.raises(InvalidArgument):
         w.service.notify(notice([B], seq="1"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_notify_many_skips_a_malformed_notice_and_queues_the_rest() -> None:
+    from common.wampkit import Caller
+    from components.push.wamp import NOTICES_PER_CALL_MAX, PushWamp
+
+    w = World()
+    await w.add(B, FCM_B)
+    edge = PushWamp(w.service, session=None)
+    backend = Caller(session_id=1, authid="backend", authrole="backend")
+    answer = await edge.notify_many(backend, [notice([B]), {"seq": "x"}, "not a dict", notice([B], seq=2)])
+    assert answer == {"queued": 2, "rejected": 2}
+    w.clock.advance(0)
+    assert len(w.senders["fcm"].sent) == 2
+    for bad in ("notices", [notice([B])] * (NOTICES_PER_CALL_MAX + 1)):
+        with pytest.raises(InvalidArgument):
+            await edge.notify_many(backend, bad)
